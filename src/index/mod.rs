@@ -1,0 +1,1 @@
+//! placeholder: the index module is being written.

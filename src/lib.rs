@@ -1,0 +1,12 @@
+//! regcache: a pull-through caching proxy for OCI container registries.
+//!
+//! It serves the OCI Distribution pull API from a content-addressed disk store
+//! indexed in SQLite, and fills misses from configured upstream registries while
+//! streaming to the client. See `ARCHITECTURE.md` for the map of modules and the
+//! life of a request. This crate root only declares modules; it holds no state.
+
+pub mod config;
+pub mod index;
+pub mod oci;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,1 @@
+//! placeholder: the store module is being written.

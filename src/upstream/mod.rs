@@ -1,0 +1,1 @@
+//! placeholder: the upstream module is being written.

@@ -1,0 +1,2 @@
+//! regcache's integration tests: one binary that starts the real `regcache`
+//! executable against in-process fake upstreams and real third-party software.
