@@ -43,6 +43,10 @@ pub enum Error {
     /// A `spawn_blocking` task running file-system calls panicked or was cancelled.
     #[error("a blocking store task did not finish")]
     Task(#[from] tokio::task::JoinError),
+
+    /// Start-up reconciliation could not read or update the index.
+    #[error("reconciling the store with the index")]
+    Index(#[from] crate::index::Error),
 }
 
 impl Error {

@@ -14,13 +14,14 @@
 //!
 //! A file appears under `blobs/` only by `rename` from `tmp/` after its size and
 //! digest were verified and it was fsynced, so a name under `blobs/` always holds
-//! exactly its content (bar disk corruption).
+//! exactly its content (bar disk corruption, which `reconcile` partly catches).
 //!
 //! This module must never build a path from anything but a [`Digest`] (whose grammar
 //! guarantees lower-case hex of the exact length), never publish unverified bytes,
-//! and holds no SQL.
+//! and holds no SQL: `reconcile` talks to the index only through its API.
 
 mod error;
+mod reconcile;
 mod writer;
 
 use std::fs;
@@ -32,6 +33,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 pub use error::Error;
+pub use reconcile::{ReconcileReport, reconcile};
 pub use writer::BlobWriter;
 
 use crate::oci::Digest;
