@@ -1,1 +1,306 @@
-//! placeholder: the index module is being written.
+//! The SQLite index: which content is committed (size, media type, access times),
+//! which repository of which upstream it belongs to, and the last known tag
+//! mappings. The only module with SQL. Schema lives in `migrations/` (see
+//! `migrate`); connections in `db`.
+//!
+//! Every query runs on `spawn_blocking`: writes on the single writer connection,
+//! reads on a small pool of read-only connections, with no lock held across an
+//! `.await`. This module answers questions and records facts; it must never make
+//! cache decisions (freshness, eviction order, what to serve) or touch files.
+
+mod columns;
+mod db;
+mod error;
+mod migrate;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+pub use error::Error;
+
+use crate::oci::{Digest, RepoName, Tag};
+use columns::{time_from_millis, unix_millis, unix_seconds};
+use db::Db;
+
+/// Handle on the index database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Index {
+    db: Arc<Db>,
+}
+
+/// A committed file as the index knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentRow {
+    pub digest: Digest,
+    pub size: u64,
+    /// `None` for blobs; the upstream's `Content-Type` for manifests.
+    pub media_type: Option<String>,
+}
+
+/// The last known target of a tag, and when upstream last confirmed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagRow {
+    pub digest: Digest,
+    pub checked_at: SystemTime,
+}
+
+impl Index {
+    /// Opens the database file at `path`, creating it if needed (its directory must
+    /// exist), and applies pending migrations. Synchronous: called once at start-up.
+    pub fn open(path: &Path) -> Result<Index, Error> {
+        Ok(Index {
+            db: Arc::new(Db::open(path)?),
+        })
+    }
+
+    /// The content row for `digest`, if committed.
+    pub async fn content(&self, digest: &Digest) -> Result<Option<ContentRow>, Error> {
+        let digest = digest.clone();
+        self.read("content", move |conn| {
+            let sql = "SELECT digest, size, media_type FROM content WHERE digest = ?1";
+            let mut stmt = conn.prepare_cached(sql)?;
+            stmt.query_row([digest], content_row).optional()
+        })
+        .await
+    }
+
+    /// Whether `digest` was pulled for, or confirmed to exist in, `repo` of `upstream`.
+    pub async fn is_linked(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
+        let key = (
+            upstream.to_owned(),
+            repo.as_str().to_owned(),
+            digest.clone(),
+        );
+        self.read("is_linked", move |conn| {
+            let sql = "SELECT EXISTS (SELECT 1 FROM repo_content \
+                       WHERE upstream = ?1 AND repo = ?2 AND digest = ?3)";
+            conn.prepare_cached(sql)?
+                .query_row(params![key.0, key.1, key.2], |row| row.get(0))
+        })
+        .await
+    }
+
+    /// Records committed content (or refreshes its row: media type if newly known,
+    /// access time) and links it to `repo` of `upstream`, in one transaction.
+    pub async fn insert_content(
+        &self,
+        row: &ContentRow,
+        upstream: &str,
+        repo: &RepoName,
+    ) -> Result<(), Error> {
+        let size = i64::try_from(row.size).map_err(|_| Error::SizeOutOfRange(row.size))?;
+        let row = row.clone();
+        let (upstream, repo) = (upstream.to_owned(), repo.as_str().to_owned());
+        let now = unix_seconds(SystemTime::now());
+        self.write("insert_content", move |conn| {
+            let tx = conn.transaction()?;
+            // A blob fetch (media type NULL) must not erase what a manifest fetch of
+            // the same bytes learned.
+            let upsert = "INSERT INTO content (digest, size, media_type, created_at, last_access) \
+                          VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (digest) DO UPDATE SET \
+                          size = excluded.size, \
+                          media_type = coalesce(excluded.media_type, content.media_type), \
+                          last_access = excluded.last_access";
+            tx.prepare_cached(upsert)?
+                .execute(params![row.digest, size, row.media_type, now])?;
+            insert_link(&tx, &upstream, &repo, &row.digest)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Links already-indexed content to `repo` of `upstream`. `UnknownContent` if the
+    /// digest has no content row.
+    pub async fn link(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        let key = (
+            upstream.to_owned(),
+            repo.as_str().to_owned(),
+            digest.clone(),
+        );
+        self.write("link", move |conn| {
+            insert_link(conn, &key.0, &key.1, &key.2)
+        })
+        .await
+        .map_err(|e| e.or_unknown_content(digest))
+    }
+
+    /// The last known mapping of `tag` in `repo` of `upstream`.
+    pub async fn tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<TagRow>, Error> {
+        let key = (
+            upstream.to_owned(),
+            repo.as_str().to_owned(),
+            tag.as_str().to_owned(),
+        );
+        self.read("tag", move |conn| {
+            let sql = "SELECT digest, checked_at FROM tags \
+                       WHERE upstream = ?1 AND repo = ?2 AND tag = ?3";
+            let mut stmt = conn.prepare_cached(sql)?;
+            stmt.query_row(params![key.0, key.1, key.2], |row| {
+                Ok(TagRow {
+                    digest: row.get(0)?,
+                    checked_at: time_from_millis(row, 1)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    /// Points `tag` at `digest` (which must be indexed), confirmed at `checked_at`.
+    pub async fn set_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        checked_at: SystemTime,
+    ) -> Result<(), Error> {
+        let key = (
+            upstream.to_owned(),
+            repo.as_str().to_owned(),
+            tag.as_str().to_owned(),
+        );
+        let (target, millis) = (digest.clone(), unix_millis(checked_at));
+        self.write("set_tag", move |conn| {
+            let sql = "INSERT INTO tags (upstream, repo, tag, digest, checked_at) \
+                       VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (upstream, repo, tag) \
+                       DO UPDATE SET digest = excluded.digest, checked_at = excluded.checked_at";
+            let mut stmt = conn.prepare_cached(sql)?;
+            stmt.execute(params![key.0, key.1, key.2, target, millis])
+                .map(drop)
+        })
+        .await
+        .map_err(|e| e.or_unknown_content(digest))
+    }
+
+    /// Forgets a tag (upstream says it is gone). Missing is fine.
+    pub async fn remove_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<(), Error> {
+        let key = (
+            upstream.to_owned(),
+            repo.as_str().to_owned(),
+            tag.as_str().to_owned(),
+        );
+        self.write("remove_tag", move |conn| {
+            let sql = "DELETE FROM tags WHERE upstream = ?1 AND repo = ?2 AND tag = ?3";
+            conn.prepare_cached(sql)?
+                .execute(params![key.0, key.1, key.2])
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Tags known for `repo` of `upstream`, in ascending byte order (SQLite's BINARY
+    /// collation, which is what the distribution spec's lexical order means).
+    pub async fn tags(&self, upstream: &str, repo: &RepoName) -> Result<Vec<String>, Error> {
+        let key = (upstream.to_owned(), repo.as_str().to_owned());
+        self.read("tags", move |conn| {
+            let sql = "SELECT tag FROM tags WHERE upstream = ?1 AND repo = ?2 ORDER BY tag";
+            let mut stmt = conn.prepare_cached(sql)?;
+            let tags = stmt.query_map(params![key.0, key.1], |row| row.get(0))?;
+            tags.collect()
+        })
+        .await
+    }
+
+    /// Drops the content row; its links and the tags pointing at it go with it.
+    pub async fn remove_content(&self, digest: &Digest) -> Result<(), Error> {
+        let digest = digest.clone();
+        self.write("remove_content", move |conn| {
+            let mut stmt = conn.prepare_cached("DELETE FROM content WHERE digest = ?1")?;
+            stmt.execute([digest]).map(drop)
+        })
+        .await
+    }
+
+    /// Every indexed digest, sorted.
+    pub async fn all_digests(&self) -> Result<Vec<Digest>, Error> {
+        self.read("all_digests", |conn| {
+            let mut stmt = conn.prepare("SELECT digest FROM content ORDER BY digest")?;
+            let digests = stmt.query_map([], |row| row.get(0))?;
+            digests.collect()
+        })
+        .await
+    }
+
+    /// Every content row, sorted by digest (for start-up reconciliation).
+    pub async fn all_content(&self) -> Result<Vec<ContentRow>, Error> {
+        self.read("all_content", |conn| {
+            let sql = "SELECT digest, size, media_type FROM content ORDER BY digest";
+            let mut stmt = conn.prepare(sql)?;
+            let rows = stmt.query_map([], content_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Runs `query` on a reader connection, off the async runtime.
+    async fn read<T, F>(&self, op: &'static str, query: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        let task = move || query(&db.reader()).map_err(|e| Error::from_sqlite(op, &db.path, e));
+        tokio::task::spawn_blocking(task).await?
+    }
+
+    /// Runs `update` on the writer connection, off the async runtime.
+    async fn write<T, F>(&self, op: &'static str, update: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        let task =
+            move || update(&mut db.writer()).map_err(|e| Error::from_sqlite(op, &db.path, e));
+        tokio::task::spawn_blocking(task).await?
+    }
+}
+
+/// `SELECT digest, size, media_type` → `ContentRow`.
+fn content_row(row: &Row<'_>) -> rusqlite::Result<ContentRow> {
+    Ok(ContentRow {
+        digest: row.get(0)?,
+        size: row.get(1)?,
+        media_type: row.get(2)?,
+    })
+}
+
+fn insert_link(
+    conn: &Connection,
+    upstream: &str,
+    repo: &str,
+    digest: &Digest,
+) -> rusqlite::Result<()> {
+    let sql = "INSERT INTO repo_content (upstream, repo, digest) VALUES (?1, ?2, ?3) \
+               ON CONFLICT DO NOTHING";
+    conn.prepare_cached(sql)?
+        .execute(params![upstream, repo, digest])
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,291 @@
-//! placeholder: the store module is being written.
+//! Content-addressed files on disk: committed content (blobs and manifests alike)
+//! named by its digest, and the temp files of fills in progress.
+//!
+//! ```text
+//! <data>/
+//!   index.db, index.db-wal ...        the SQLite index (owned by `index`, not here)
+//!   blobs/                            committed content, written once, never modified
+//!     <alg>/                          sha256, sha384 or sha512
+//!       <first 2 hex>/                256 shards keep directories small
+//!         <full hex>                  the bytes whose <alg> digest is <full hex>
+//!   tmp/
+//!     <32 random hex>                 a fill in progress (`BlobWriter`); deleted at start-up
+//! ```
+//!
+//! A file appears under `blobs/` only by `rename` from `tmp/` after its size and
+//! digest were verified and it was fsynced, so a name under `blobs/` always holds
+//! exactly its content (bar disk corruption, which `reconcile` partly catches).
+//!
+//! This module must never build a path from anything but a [`Digest`] (whose grammar
+//! guarantees lower-case hex of the exact length), never publish unverified bytes,
+//! and holds no SQL: `reconcile` talks to the index only through its API.
+
+mod error;
+mod reconcile;
+mod writer;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+
+pub use error::Error;
+pub use reconcile::{ReconcileReport, reconcile};
+pub use writer::BlobWriter;
+
+use crate::oci::Digest;
+
+/// Handle on the data directory's `blobs/` and `tmp/`; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    blobs: Arc<Path>,
+    tmp: Arc<Path>,
+}
+
+impl Store {
+    /// Creates `blobs/` and `tmp/` if missing and deletes every leftover in `tmp/`
+    /// (fills cut short by a crash). Synchronous: called once at start-up, before
+    /// any fill can have started.
+    pub fn open(data_dir: &Path) -> Result<Store, Error> {
+        let blobs = data_dir.join("blobs");
+        let tmp = data_dir.join("tmp");
+        for dir in [&blobs, &tmp] {
+            fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+        }
+        let swept = sweep(&tmp)?;
+        if swept > 0 {
+            tracing::info!(count = swept, dir = %tmp.display(), "deleted unfinished fills");
+        }
+        Ok(Store {
+            blobs: blobs.into(),
+            tmp: tmp.into(),
+        })
+    }
+
+    /// Where committed content with this digest lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        // Every supported algorithm has at least 64 hex characters.
+        let shard = hex.get(..2).unwrap_or(hex);
+        self.blobs
+            .join(digest.algorithm().as_str())
+            .join(shard)
+            .join(hex)
+    }
+
+    /// Opens committed content for reading: `Some((file, length))`, or `None` if
+    /// nothing was committed under this digest.
+    pub async fn open_blob(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(tokio::fs::File, u64)>, Error> {
+        let path = self.blob_path(digest);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path)(e)),
+        };
+        let len = file
+            .metadata()
+            .await
+            .map_err(Error::io("stat", &path))?
+            .len();
+        Ok(Some((file, len)))
+    }
+
+    /// Reads a whole small file (a manifest), `None` if absent; an error if it is
+    /// larger than `max` bytes, so a damaged store cannot make us buffer gigabytes.
+    pub async fn read_small(&self, digest: &Digest, max: usize) -> Result<Option<Bytes>, Error> {
+        let Some((file, len)) = self.open_blob(digest).await? else {
+            return Ok(None);
+        };
+        let path = self.blob_path(digest);
+        let too_large = |size| Error::TooLarge {
+            path: path.clone(),
+            size,
+            max,
+        };
+        if len > max as u64 {
+            return Err(too_large(len));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        // Read at most one byte past the limit: the file cannot grow (it was renamed
+        // into place complete), but if it somehow did, we still stop.
+        let read = file.take(max as u64 + 1).read_to_end(&mut buf).await;
+        read.map_err(Error::io("read", &path))?;
+        if buf.len() > max {
+            return Err(too_large(buf.len() as u64));
+        }
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Starts writing content expected to hash to `expected`, into a fresh temp file.
+    pub async fn writer(&self, expected: Digest) -> Result<BlobWriter, Error> {
+        let temp_path = self.tmp.join(format!("{:032x}", rand::random::<u128>()));
+        // create_new: a name collision (or a leftover we failed to sweep) is an
+        // error, never a file shared by two fills.
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+            .await
+            .map_err(Error::io("create", &temp_path))?;
+        let target = self.blob_path(&expected);
+        Ok(BlobWriter::new(file, temp_path, target, expected))
+    }
+
+    /// Verifies that `bytes` hash to `expected`, then writes and commits them. For
+    /// manifests, which arrive whole.
+    pub async fn put_small(&self, expected: &Digest, bytes: &[u8]) -> Result<(), Error> {
+        let actual = Digest::of(expected.algorithm(), bytes);
+        if actual != *expected {
+            return Err(Error::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let mut writer = self.writer(expected.clone()).await?;
+        writer.write(bytes).await?;
+        writer.commit(Some(bytes.len() as u64)).await?;
+        Ok(())
+    }
+
+    /// Removes committed content (corrupt, or no longer indexed). Already missing is
+    /// fine: the caller wants it gone. Readers holding the file open keep reading.
+    pub async fn remove(&self, digest: &Digest) -> Result<(), Error> {
+        let path = self.blob_path(digest);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path)(e)),
+        }
+    }
+}
+
+/// Deletes everything in `tmp/`; returns how many entries it removed. Only safe
+/// before the first fill starts.
+fn sweep(tmp: &Path) -> Result<usize, Error> {
+    let mut count = 0;
+    for entry in fs::read_dir(tmp).map_err(Error::io("list", tmp))? {
+        let entry = entry.map_err(Error::io("list", tmp))?;
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(Error::io("stat", &path))?;
+        // Only files are ever created here, but a stray directory must not make
+        // start-up fail forever. (file_type does not follow symlinks.)
+        let removed = if file_type.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(Error::io("remove leftover", &path))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn blob_path_is_sharded_by_algorithm_and_hex_prefix() {
+        let (dir, store) = store();
+        let digest = Digest::sha256_of(b"hello");
+        let hex = digest.hex();
+        let want = dir.path().join("blobs/sha256").join(&hex[..2]).join(hex);
+        assert_eq!(store.blob_path(&digest), want);
+    }
+
+    #[test]
+    fn open_sweeps_leftovers_in_tmp_and_keeps_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kept = store.blob_path(&Digest::sha256_of(b"kept"));
+        fs::create_dir_all(kept.parent().unwrap()).unwrap();
+        fs::write(&kept, b"kept").unwrap();
+        fs::write(dir.path().join("tmp/0123abcd"), b"half a fill").unwrap();
+        fs::create_dir(dir.path().join("tmp/stray")).unwrap();
+
+        Store::open(dir.path()).unwrap();
+
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read(&kept).unwrap(), b"kept");
+    }
+
+    #[tokio::test]
+    async fn open_blob_returns_file_and_length_or_none() {
+        let (_dir, store) = store();
+        let digest = Digest::sha256_of(b"content");
+        assert!(store.open_blob(&digest).await.unwrap().is_none());
+
+        store.put_small(&digest, b"content").await.unwrap();
+        let (mut file, len) = store.open_blob(&digest).await.unwrap().unwrap();
+        let mut read = Vec::new();
+        file.read_to_end(&mut read).await.unwrap();
+        assert_eq!((len, read.as_slice()), (7, &b"content"[..]));
+    }
+
+    #[tokio::test]
+    async fn read_small_reads_whole_file_and_enforces_the_limit() {
+        let (_dir, store) = store();
+        let manifest = br#"{"schemaVersion":2}"#;
+        let digest = Digest::sha256_of(manifest);
+        assert_eq!(store.read_small(&digest, 100).await.unwrap(), None);
+
+        store.put_small(&digest, manifest).await.unwrap();
+        let read = store.read_small(&digest, manifest.len()).await.unwrap();
+        assert_eq!(read.as_deref(), Some(&manifest[..]));
+        let err = store.read_small(&digest, 5).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    size: 19,
+                    max: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn put_small_rejects_bytes_that_do_not_match_and_writes_nothing() {
+        let (dir, store) = store();
+        let digest = Digest::sha256_of(b"expected");
+        let err = store.put_small(&digest, b"forged").await.unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(!store.blob_path(&digest).exists());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn put_small_accepts_sha512_digests() {
+        let (dir, store) = store();
+        let digest = Digest::of(Algorithm::Sha512, b"long hash");
+        store.put_small(&digest, b"long hash").await.unwrap();
+        let path = store.blob_path(&digest);
+        assert!(path.starts_with(dir.path().join("blobs/sha512")));
+        assert_eq!(fs::read(path).unwrap(), b"long hash");
+    }
+
+    #[tokio::test]
+    async fn remove_deletes_content_and_tolerates_missing() {
+        let (_dir, store) = store();
+        let digest = Digest::sha256_of(b"gone soon");
+        store.put_small(&digest, b"gone soon").await.unwrap();
+        store.remove(&digest).await.unwrap();
+        assert!(!store.blob_path(&digest).exists());
+        store.remove(&digest).await.unwrap();
+    }
+}

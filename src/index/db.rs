@@ -1,0 +1,109 @@
+//! The index's SQLite connections: one writer (SQLite allows a single writer at a
+//! time anyway, so serializing in-process avoids `SQLITE_BUSY` between our own
+//! threads) and a few read-only connections that WAL lets run beside it. It sets the
+//! connection pragmas and runs migrations; it must never be used from an async task
+//! directly (every call blocks: `Index` runs them on `spawn_blocking`), and never
+//! holds a lock across an `.await`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{Error, migrate};
+
+/// Readers beyond this would only queue on the disk of a 2-core box.
+const READERS: usize = 4;
+
+/// How long a connection waits for another process's lock (an operator's `sqlite3`
+/// shell, a second regcache by mistake) before giving up with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) struct Db {
+    pub(super) path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, configures it and applies
+    /// pending migrations before any reader exists.
+    pub(super) fn open(path: &Path) -> Result<Self, Error> {
+        let mut writer = Connection::open(path).map_err(|e| Error::from_sqlite("open", path, e))?;
+        configure_writer(&writer, path)?;
+        migrate::run(&mut writer, path)?;
+        let readers = (0..READERS)
+            .map(|_| open_reader(path).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// The writer connection. Blocks while another write is running.
+    pub(super) fn writer(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.writer)
+    }
+
+    /// A reader connection, round-robin. Blocks only if that reader is busy.
+    pub(super) fn reader(&self) -> MutexGuard<'_, Connection> {
+        let n = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        lock(&self.readers[n])
+    }
+}
+
+/// A panic while a connection was locked leaves it usable: rusqlite's `Transaction`
+/// rolls back on drop, so there is no half-applied state to protect against.
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn configure_writer(conn: &Connection, path: &Path) -> Result<(), Error> {
+    let sqlite = |e| Error::from_sqlite("configure", path, e);
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    // WAL: readers never block the writer nor each other. The mode is stored in the
+    // file, so readers opened afterwards use it too.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(sqlite)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::NotWal {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    // FULL rather than NORMAL: in WAL mode NORMAL may lose the last commits on power
+    // loss, and a lost row means a committed file the index forgets. We write about
+    // once per fill (each after fsyncing a whole blob), so one more fsync per
+    // transaction costs nothing noticeable.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sqlite)?;
+    // Per connection, off by default in SQLite: the cascades depend on it.
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sqlite)?;
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, Error> {
+    let sqlite = |e| Error::from_sqlite("open reader", path, e);
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    Ok(conn)
+}

@@ -1,0 +1,156 @@
+//! Schema migrations: the files of `migrations/`, embedded in the binary and applied
+//! in order at start-up, all in one transaction, with progress recorded in
+//! `PRAGMA user_version` (= number of migrations applied). It must never edit or
+//! reorder an entry of `MIGRATIONS`: shipped migrations are append-only.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::Error;
+
+/// Every migration, oldest first. Adding `0002_….sql` is one more line here.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+
+/// Brings the database at `path` to the latest schema, or refuses one written by a
+/// newer build. Either every pending migration applies or none does.
+pub(super) fn run(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    let sqlite = |e| Error::from_sqlite("migrate", path, e);
+    // IMMEDIATE takes the write lock before reading the version, so two processes
+    // opening the same file cannot both apply the same migration.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite)?;
+    let found: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sqlite)?;
+    let applied = applied_count(found, path)?;
+    for sql in &MIGRATIONS[applied..] {
+        tx.execute_batch(sql).map_err(sqlite)?;
+    }
+    // user_version lives in the database header, so it commits (or rolls back)
+    // together with the schema changes.
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+        .map_err(sqlite)?;
+    tx.commit().map_err(sqlite)
+}
+
+/// How many of `MIGRATIONS` a database at `user_version = found` already has.
+fn applied_count(found: i64, path: &Path) -> Result<usize, Error> {
+    let applied = usize::try_from(found).map_err(|_| Error::Corrupt {
+        op: "migrate",
+        path: path.to_path_buf(),
+        detail: format!("negative user_version {found}"),
+    })?;
+    if applied > MIGRATIONS.len() {
+        return Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            known: MIGRATIONS.len(),
+        });
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Index;
+
+    fn user_version(path: &Path) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
+    fn table_names(path: &Path) -> Vec<String> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn migrates_an_empty_file_and_reopening_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        Index::open(&path).unwrap();
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+        assert_eq!(table_names(&path), ["content", "repo_content", "tags"]);
+
+        Index::open(&path).unwrap();
+        Index::open(&path).unwrap();
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn refuses_a_schema_from_a_newer_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        Index::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        drop(conn);
+
+        let err = Index::open(&path).unwrap_err();
+        assert!(
+            matches!(err, Error::SchemaTooNew { found: 999, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        let mut conn = Connection::open(&path).unwrap();
+        // A table the first migration will try to create: it must fail as a whole.
+        conn.execute_batch("CREATE TABLE tags (x TEXT)").unwrap();
+
+        assert!(run(&mut conn, &path).is_err());
+        drop(conn);
+        assert_eq!(user_version(&path), 0);
+        assert_eq!(table_names(&path), ["tags"]);
+    }
+
+    #[test]
+    fn connection_settings_are_wal_full_and_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        let index = Index::open(&path).unwrap();
+        let writer = index.db.writer();
+        let pragma = |name| -> String {
+            writer
+                .pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))
+                .map(|v| format!("{v:?}"))
+                .unwrap()
+        };
+        assert_eq!(pragma("journal_mode"), r#"Text("wal")"#);
+        assert_eq!(pragma("synchronous"), "Integer(2)"); // FULL
+        assert_eq!(pragma("foreign_keys"), "Integer(1)");
+        drop(writer);
+        // The mode is persistent: a fresh, unconfigured connection sees it too.
+        let fresh = Connection::open(&path).unwrap();
+        let mode: String = fresh
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn tables_are_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        Index::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let wrong_type = conn.execute(
+            "INSERT INTO content VALUES ('sha256:x', 'big', NULL, 0, 0)",
+            [],
+        );
+        assert!(wrong_type.is_err());
+    }
+}
