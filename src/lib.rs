@@ -5,8 +5,12 @@
 //! streaming to the client. See `ARCHITECTURE.md` for the map of modules and the
 //! life of a request. This crate root only declares modules; it holds no state.
 
+pub mod api;
+pub mod app;
+pub mod cache;
 pub mod config;
 pub mod index;
 pub mod oci;
+pub mod registry;
 pub mod store;
 pub mod upstream;

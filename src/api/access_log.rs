@@ -1,0 +1,134 @@
+//! The access log: one line per request with method, path, status, bytes sent,
+//! cache outcome and duration, written when the response body has been sent (or
+//! abandoned), so streamed blobs are logged with their real size and time.
+//! It only observes: it never changes a response.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use super::error::LoggedError;
+use crate::registry::Outcome;
+
+/// Middleware: wraps the response body so the line is written when it ends.
+pub async fn log_requests(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |pq| pq.as_str().to_owned(),
+    );
+    let response = next.run(request).await;
+    let record = Record {
+        method: method.to_string(),
+        path,
+        status: response.status().as_u16(),
+        outcome: response.extensions().get::<Outcome>().map(|o| o.as_str()),
+        error: response
+            .extensions()
+            .get::<LoggedError>()
+            .map(|e| e.0.clone()),
+        started,
+    };
+    let (parts, body) = response.into_parts();
+    let body = Body::new(LoggedBody {
+        inner: body,
+        bytes: 0,
+        record: Some(record),
+    });
+    Response::from_parts(parts, body)
+}
+
+struct Record {
+    method: String,
+    path: String,
+    status: u16,
+    outcome: Option<&'static str>,
+    error: Option<String>,
+    started: Instant,
+}
+
+impl Record {
+    fn write(self, bytes: u64, failure: Option<&str>) {
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = self.outcome.unwrap_or("-");
+        let error = self.error.as_deref().or(failure).unwrap_or("");
+        tracing::info!(
+            target: "regcache::access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes,
+            outcome,
+            duration_ms = format_args!("{duration_ms:.1}"),
+            aborted = failure.is_some(),
+            error,
+            "request"
+        );
+    }
+}
+
+/// A response body that counts what it sends and logs once at its end.
+struct LoggedBody {
+    inner: Body,
+    bytes: u64,
+    record: Option<Record>,
+}
+
+impl LoggedBody {
+    fn finish(&mut self, failure: Option<&str>) {
+        if let Some(record) = self.record.take() {
+            record.write(self.bytes, failure);
+        }
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let message = e.to_string();
+                self.finish(Some(&message));
+            }
+            Poll::Ready(None) => self.finish(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or it was a HEAD, whose
+        // empty body hyper never polls).
+        let failure = (!self.inner.is_end_stream()).then_some("client disconnected");
+        self.finish(failure);
+    }
+}

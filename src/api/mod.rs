@@ -1,0 +1,91 @@
+//! The HTTP edge: the axum router for the read-only OCI Distribution pull API.
+//! It is the only module that knows axum, headers and status codes. Paths are
+//! parsed once into an [`endpoint::Endpoint`] (axum wildcards can only end a
+//! path, and repository names hold slashes), handlers stay thin, and every
+//! response carries `Docker-Distribution-API-Version: registry/2.0`.
+//!
+//! It never decides what is cached: that is `registry`'s job.
+
+mod access_log;
+mod endpoint;
+mod error;
+mod handlers;
+mod negotiate;
+mod range;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use endpoint::Endpoint;
+pub use error::ApiError;
+
+use crate::registry::Registry;
+
+/// The router for `registry`.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/v2", any(version_check))
+        .route("/v2/", any(version_check))
+        .route("/v2/{*rest}", any(dispatch))
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(registry)
+        .layer(axum::middleware::from_fn(access_log::log_requests))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("docker-distribution-api-version"),
+            HeaderValue::from_static("registry/2.0"),
+        ))
+}
+
+/// `GET /v2/`: the API version check. Anonymous: no auth challenge, ever.
+async fn version_check(method: Method) -> Response {
+    if !is_read(&method) {
+        return ApiError::unsupported().into_response();
+    }
+    let body = if method == Method::HEAD { "" } else { "{}" };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_LENGTH, "2"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn dispatch(
+    State(registry): State<Arc<Registry>>,
+    method: Method,
+    rest: Result<Path<String>, PathRejection>,
+    RawQuery(raw_query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if !is_read(&method) {
+        return ApiError::unsupported().into_response();
+    }
+    let Ok(Path(rest)) = rest else {
+        // Percent-encoding that does not decode to UTF-8 cannot be a valid name.
+        return ApiError::name_invalid("path is not valid percent-encoded UTF-8".into())
+            .into_response();
+    };
+    let endpoint = match Endpoint::parse(&rest) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return e.into_response(),
+    };
+    let query = handlers::Query::parse(raw_query.as_deref());
+    handlers::serve(&registry, &method, endpoint, &query, &headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}

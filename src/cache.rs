@@ -1,0 +1,134 @@
+//! In-memory (moka) layers over the index: tag mappings with the time they were
+//! checked, manifests, blob sizes and repository links. They accelerate; they
+//! never lead: entries are inserted only after the index has committed, and
+//! removed together with index rows. A cold cache gives the same answers.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use moka::future::Cache as Moka;
+
+use crate::oci::{Digest, RepoName, Tag};
+use crate::registry::Manifest;
+
+/// Memory budget for cached manifest bytes.
+const MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+/// Entries in each of the small caches.
+const SMALL_ENTRIES: u64 = 100_000;
+
+type TagKey = (usize, RepoName, Tag);
+type LinkKey = (usize, RepoName, Digest);
+
+/// The memory caches. Cheap to clone (handles to shared caches).
+#[derive(Clone)]
+pub struct Cache {
+    tags: Moka<TagKey, (Digest, SystemTime)>,
+    manifests: Moka<Digest, Arc<Manifest>>,
+    blob_sizes: Moka<Digest, u64>,
+    links: Moka<LinkKey, ()>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("tags", &self.tags.entry_count())
+            .field("manifests", &self.manifests.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cache {
+    pub fn new() -> Self {
+        Self {
+            tags: Moka::new(SMALL_ENTRIES),
+            manifests: Moka::builder()
+                .max_capacity(MANIFEST_BYTES)
+                .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+                .build(),
+            blob_sizes: Moka::new(SMALL_ENTRIES),
+            links: Moka::new(SMALL_ENTRIES),
+        }
+    }
+
+    /// The digest of a tag checked less than `ttl` ago.
+    pub async fn fresh_tag(
+        &self,
+        upstream: usize,
+        repo: &RepoName,
+        tag: &Tag,
+        ttl: Duration,
+    ) -> Option<Digest> {
+        let (digest, checked_at) = self
+            .tags
+            .get(&(upstream, repo.clone(), tag.clone()))
+            .await?;
+        let age = SystemTime::now()
+            .duration_since(checked_at)
+            .unwrap_or_default();
+        (age < ttl).then_some(digest)
+    }
+
+    pub async fn set_tag(
+        &self,
+        upstream: usize,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        checked_at: SystemTime,
+    ) {
+        self.tags
+            .insert(
+                (upstream, repo.clone(), tag.clone()),
+                (digest.clone(), checked_at),
+            )
+            .await;
+    }
+
+    pub async fn remove_tag(&self, upstream: usize, repo: &RepoName, tag: &Tag) {
+        self.tags
+            .invalidate(&(upstream, repo.clone(), tag.clone()))
+            .await;
+    }
+
+    pub async fn manifest(&self, digest: &Digest) -> Option<Arc<Manifest>> {
+        self.manifests.get(digest).await
+    }
+
+    pub async fn set_manifest(&self, manifest: Arc<Manifest>) {
+        self.manifests
+            .insert(manifest.digest.clone(), manifest)
+            .await;
+    }
+
+    pub async fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        self.blob_sizes.get(digest).await
+    }
+
+    pub async fn set_blob_size(&self, digest: &Digest, size: u64) {
+        self.blob_sizes.insert(digest.clone(), size).await;
+    }
+
+    pub async fn is_linked(&self, upstream: usize, repo: &RepoName, digest: &Digest) -> bool {
+        self.links
+            .contains_key(&(upstream, repo.clone(), digest.clone()))
+    }
+
+    pub async fn set_linked(&self, upstream: usize, repo: &RepoName, digest: &Digest) {
+        self.links
+            .insert((upstream, repo.clone(), digest.clone()), ())
+            .await;
+    }
+
+    /// Forgets the content `digest` (its index row is gone). Tag and link entries
+    /// naming it may stay: both are only used after the content itself is found.
+    pub async fn forget(&self, digest: &Digest) {
+        self.manifests.invalidate(digest).await;
+        self.blob_sizes.invalidate(digest).await;
+    }
+}

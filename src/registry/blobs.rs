@@ -1,0 +1,259 @@
+//! Blob requests: a hit streams the committed file; a miss starts or joins the
+//! fill for that digest and streams the growing temp file; a HEAD of a cold blob
+//! asks the upstream without fetching the bytes.
+
+use std::io;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::Method;
+use tokio::sync::watch;
+
+use super::fill::{FileReader, FillError, FillGuard, FillOwner, FillState};
+use super::{Error, Outcome, Registry, Route};
+use crate::index::ContentRow;
+use crate::oci::{Digest, RepoName};
+use crate::store;
+
+/// The answer to a blob request, before any body byte is sent.
+#[derive(Debug)]
+pub struct BlobReply {
+    pub digest: Digest,
+    /// Total size; `None` only when an upstream sent no Content-Length.
+    pub size: Option<u64>,
+    pub outcome: Outcome,
+    /// `None` for HEAD requests.
+    pub body: Option<BlobBody>,
+}
+
+/// The bytes of a blob, read lazily from a committed file or a fill in progress.
+#[derive(Debug)]
+pub struct BlobBody(FileReader);
+
+impl BlobBody {
+    /// Streams bytes `start..end` (end exclusive). A failure (a fill that fails
+    /// verification, an I/O error) ends the stream with an error, never cleanly.
+    pub fn stream(
+        self,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        self.0.range(start, end).into_stream()
+    }
+}
+
+impl Registry {
+    /// Answers GET (`head == false`) or HEAD for a blob of `repo`.
+    pub async fn blob(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+        head: bool,
+    ) -> Result<BlobReply, Error> {
+        if let Some(size) = self.local_blob_size(digest).await? {
+            let outcome = self.ensure_blob_linked(route, repo, digest).await?;
+            if head {
+                return Ok(reply(digest, Some(size), outcome, None));
+            }
+            if let Some((file, len)) = self.store.open_blob(digest).await? {
+                let reader = FileReader::complete(file.into_std().await, len);
+                return Ok(reply(digest, Some(len), outcome, Some(reader)));
+            }
+            // Indexed but gone from disk: forget it and fetch it again.
+            tracing::warn!(%digest, "indexed blob missing from the store; refetching");
+            self.forget(digest).await?;
+        }
+        if head {
+            return self.head_cold_blob(route, repo, digest).await;
+        }
+        self.blob_from_fill(route, repo, digest).await
+    }
+
+    async fn local_blob_size(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        if let Some(size) = self.cache.blob_size(digest).await {
+            return Ok(Some(size));
+        }
+        let Some(row) = self.index.content(digest).await? else {
+            return Ok(None);
+        };
+        self.cache.set_blob_size(digest, row.size).await;
+        Ok(Some(row.size))
+    }
+
+    async fn ensure_blob_linked(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Outcome, Error> {
+        self.ensure_linked(route, repo, digest, Error::BlobUnknown, || async {
+            route
+                .client
+                .blob(Method::HEAD, repo, digest, None)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// HEAD of a blob we don't have: the upstream's answer, without fetching bytes.
+    async fn head_cold_blob(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobReply, Error> {
+        let response = route
+            .client
+            .blob(Method::HEAD, repo, digest, None)
+            .await
+            .map_err(|e| Error::from_upstream(route.name(), e, Error::BlobUnknown))?;
+        Ok(reply(
+            digest,
+            response.content_length(),
+            Outcome::Pass,
+            None,
+        ))
+    }
+
+    /// Starts or joins the fill for `digest` and answers once the upstream has.
+    async fn blob_from_fill(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobReply, Error> {
+        let owner = FillOwner {
+            upstream: route.id,
+            repo: repo.clone(),
+        };
+        let (fill, started) = self
+            .fills
+            .join_or_start(digest, owner.clone(), |guard, progress| {
+                let job = FillJob {
+                    route_client: route.client.clone(),
+                    upstream_name: route.name().to_owned(),
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    store: self.store.clone(),
+                    index: self.index.clone(),
+                    cache: self.cache.clone(),
+                };
+                tokio::spawn(job.run(guard, progress));
+            });
+        if !started && fill.owner != owner {
+            // The bytes are being fetched for another repository.
+            self.ensure_blob_linked(route, repo, digest).await?;
+        }
+        let (size, reader) = fill.wait_started().await?;
+        let outcome = if started {
+            Outcome::Miss
+        } else {
+            Outcome::Follow
+        };
+        Ok(reply(digest, size, outcome, Some(reader)))
+    }
+
+    /// Drops an index row whose file is gone, and its cached metadata.
+    pub(super) async fn forget(&self, digest: &Digest) -> Result<(), Error> {
+        self.index.remove_content(digest).await?;
+        self.cache.forget(digest).await;
+        Ok(())
+    }
+}
+
+fn reply(
+    digest: &Digest,
+    size: Option<u64>,
+    outcome: Outcome,
+    reader: Option<FileReader>,
+) -> BlobReply {
+    BlobReply {
+        digest: digest.clone(),
+        size,
+        outcome,
+        body: reader.map(BlobBody),
+    }
+}
+
+/// Everything a detached fill task needs; owns clones so it outlives the request.
+struct FillJob {
+    route_client: crate::upstream::Upstream,
+    upstream_name: String,
+    repo: RepoName,
+    digest: Digest,
+    store: store::Store,
+    index: crate::index::Index,
+    cache: crate::cache::Cache,
+}
+
+impl FillJob {
+    async fn run(self, guard: FillGuard, progress: watch::Sender<FillState>) {
+        let state = match self.fetch(&progress).await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "blob fill failed");
+                FillState::Failed(std::sync::Arc::new(FillError::from_error(&e)))
+            }
+        };
+        progress.send_replace(state);
+        drop(guard);
+    }
+
+    /// Streams the upstream body into the store, publishing progress, and commits.
+    async fn fetch(&self, progress: &watch::Sender<FillState>) -> Result<FillState, Error> {
+        let response = self
+            .route_client
+            .blob(Method::GET, &self.repo, &self.digest, None)
+            .await
+            .map_err(|e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown))?;
+        let size = response.content_length();
+        let mut writer = self.store.writer(self.digest.clone()).await?;
+        let file = std::sync::Arc::new(std::fs::File::open(writer.temp_path())?);
+        progress.send_replace(FillState::Streaming {
+            size,
+            written: 0,
+            file: std::sync::Arc::clone(&file),
+        });
+        let mut body = std::pin::pin!(response.into_stream());
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown))?;
+            writer.write(&chunk).await?;
+            let written = writer.written();
+            if size.is_some_and(|size| written > size) {
+                return Err(Error::BadContent(format!(
+                    "upstream sent more than its Content-Length of {size:?} bytes"
+                )));
+            }
+            progress.send_modify(|state| {
+                if let FillState::Streaming { written: w, .. } = state {
+                    *w = written;
+                }
+            });
+        }
+        let size = writer.commit(size).await.map_err(mismatch_to_error)?;
+        let row = ContentRow {
+            digest: self.digest.clone(),
+            size,
+            media_type: None,
+        };
+        self.index
+            .insert_content(&row, &self.upstream_name, &self.repo)
+            .await?;
+        self.cache.set_blob_size(&self.digest, size).await;
+        tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob cached");
+        Ok(FillState::Committed { size, file })
+    }
+}
+
+/// A store commit that failed verification becomes the registry's digest error.
+pub(super) fn mismatch_to_error(e: store::Error) -> Error {
+    match e {
+        store::Error::DigestMismatch { expected, actual } => {
+            Error::DigestMismatch { expected, actual }
+        }
+        other => Error::Store(other),
+    }
+}

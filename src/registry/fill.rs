@@ -1,0 +1,269 @@
+//! In-flight blob fills, keyed by digest. A fill is one upstream fetch running on
+//! a detached task: it streams the upstream body into a `store::BlobWriter`
+//! (which hashes as it writes) and publishes its progress on a `watch` channel.
+//! Every client of that digest, the first one included, reads the growing temp
+//! file up to the published length, so each goes at its own pace and a client
+//! hanging up never cancels the fill.
+//!
+//! A fill never publishes unverified bytes as content: readers of a fill that
+//! fails get an error instead of an end of stream (so their response is aborted),
+//! and only a commit (digest and size checked, file renamed, row indexed) makes
+//! the blob visible to later requests.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use super::Error;
+use crate::oci::{Digest, RepoName};
+
+/// Bytes read from a file per chunk sent to a client.
+const READ_CHUNK: u64 = 256 * 1024;
+
+/// What a fill has done so far, as seen by its readers.
+#[derive(Debug, Clone)]
+pub(crate) enum FillState {
+    /// The upstream request is in flight; nothing is known yet.
+    Connecting,
+    /// The upstream answered; `written` bytes are in the temp file behind `file`.
+    Streaming {
+        size: Option<u64>,
+        written: u64,
+        file: Arc<std::fs::File>,
+    },
+    /// Verified, renamed into the store and indexed; `file` is the same inode.
+    Committed { size: u64, file: Arc<std::fs::File> },
+    /// The fill failed; nothing was cached.
+    Failed(Arc<FillError>),
+}
+
+/// Why a fill failed, kept in a form every reader can turn into its own error.
+#[derive(Debug)]
+pub(crate) struct FillError {
+    pub(crate) not_found: bool,
+    pub(crate) unavailable: bool,
+    pub(crate) message: String,
+}
+
+impl FillError {
+    pub(crate) fn from_error(e: &Error) -> Self {
+        Self {
+            not_found: matches!(e, Error::BlobUnknown),
+            unavailable: matches!(e, Error::Unavailable { .. }),
+            message: e.to_string(),
+        }
+    }
+
+    /// The error a request that joined this fill answers with.
+    pub(crate) fn to_error(&self) -> Error {
+        if self.not_found {
+            Error::BlobUnknown
+        } else {
+            Error::FillFailed {
+                unavailable: self.unavailable,
+                message: self.message.clone(),
+            }
+        }
+    }
+}
+
+/// Which (upstream, repository) a fill fetches for: another repository must get
+/// the upstream's confirmation before it may read the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FillOwner {
+    pub(crate) upstream: usize,
+    pub(crate) repo: RepoName,
+}
+
+/// One fill in progress.
+#[derive(Debug)]
+pub(crate) struct Fill {
+    pub(crate) owner: FillOwner,
+    progress: watch::Receiver<FillState>,
+}
+
+impl Fill {
+    /// Waits until the upstream has answered: the blob's size (when the upstream
+    /// sent a Content-Length) and a reader, or the error to answer with.
+    pub(crate) async fn wait_started(&self) -> Result<(Option<u64>, FileReader), Error> {
+        let mut rx = self.progress.clone();
+        loop {
+            let started = match &*rx.borrow_and_update() {
+                FillState::Connecting => None,
+                FillState::Streaming { size, file, .. } => Some((*size, Arc::clone(file))),
+                FillState::Committed { size, file } => Some((Some(*size), Arc::clone(file))),
+                FillState::Failed(e) => return Err(e.to_error()),
+            };
+            if let Some((size, file)) = started {
+                let reader =
+                    FileReader::growing(file, size.unwrap_or(u64::MAX), self.progress.clone());
+                return Ok((size, reader));
+            }
+            if rx.changed().await.is_err() {
+                return Err(abandoned().to_error());
+            }
+        }
+    }
+}
+
+fn abandoned() -> FillError {
+    FillError {
+        not_found: false,
+        unavailable: false,
+        message: "the fill ended without a result".into(),
+    }
+}
+
+/// The fills in progress, owned by the `Registry` (no global state).
+#[derive(Debug, Default)]
+pub(crate) struct Fills {
+    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+impl Fills {
+    /// Joins the fill for `digest`, or registers a new one and hands its progress
+    /// sender to `start`, which must spawn the detached fetch. Returns the fill and
+    /// whether this call started it.
+    pub(crate) fn join_or_start(
+        self: &Arc<Self>,
+        digest: &Digest,
+        owner: FillOwner,
+        start: impl FnOnce(FillGuard, watch::Sender<FillState>),
+    ) -> (Arc<Fill>, bool) {
+        let mut inflight = self.inflight.lock().expect("fills lock poisoned");
+        if let Some(fill) = inflight.get(digest) {
+            return (Arc::clone(fill), false);
+        }
+        let (tx, rx) = watch::channel(FillState::Connecting);
+        let fill = Arc::new(Fill {
+            owner,
+            progress: rx,
+        });
+        inflight.insert(digest.clone(), Arc::clone(&fill));
+        drop(inflight);
+        let guard = FillGuard {
+            fills: Arc::clone(self),
+            digest: digest.clone(),
+        };
+        start(guard, tx);
+        (fill, true)
+    }
+}
+
+/// Held by a fill's task; removes the fill from the in-flight map when the task
+/// ends, however it ends (even by panic), so the next request starts afresh.
+#[derive(Debug)]
+pub(crate) struct FillGuard {
+    fills: Arc<Fills>,
+    digest: Digest,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.fills.inflight.lock() {
+            inflight.remove(&self.digest);
+        }
+    }
+}
+
+/// Reads a byte range of a file that is either complete or still being written
+/// by a fill. A growing file is read up to the published length, waiting for more;
+/// if the fill fails, the stream ends with an error, never a clean end.
+#[derive(Debug)]
+pub(crate) struct FileReader {
+    file: Arc<std::fs::File>,
+    pos: u64,
+    end: u64,
+    progress: Option<watch::Receiver<FillState>>,
+}
+
+impl FileReader {
+    /// A committed file of `len` bytes.
+    pub(crate) fn complete(file: std::fs::File, len: u64) -> Self {
+        Self {
+            file: Arc::new(file),
+            pos: 0,
+            end: len,
+            progress: None,
+        }
+    }
+
+    fn growing(file: Arc<std::fs::File>, end: u64, progress: watch::Receiver<FillState>) -> Self {
+        Self {
+            file,
+            pos: 0,
+            end,
+            progress: Some(progress),
+        }
+    }
+
+    /// Restricts the reader to bytes `start..end` (end exclusive).
+    pub(crate) fn range(mut self, start: u64, end: u64) -> Self {
+        self.pos = start;
+        self.end = end;
+        self
+    }
+
+    pub(crate) fn into_stream(self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut reader| async move {
+            if reader.pos >= reader.end {
+                return None;
+            }
+            match reader.next_chunk().await {
+                Ok(chunk) => Some((Ok(chunk), reader)),
+                Err(e) => {
+                    // End the stream after the error: the response is aborted.
+                    reader.end = reader.pos;
+                    Some((Err(e), reader))
+                }
+            }
+        })
+    }
+
+    async fn next_chunk(&mut self) -> io::Result<Bytes> {
+        let available = self.available().await?;
+        if self.pos >= self.end {
+            return Ok(Bytes::new());
+        }
+        let len = (available.min(self.end) - self.pos).min(READ_CHUNK) as usize;
+        let file = Arc::clone(&self.file);
+        let pos = self.pos;
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, pos)?;
+            Ok::<_, io::Error>(Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.pos += chunk.len() as u64;
+        Ok(chunk)
+    }
+
+    /// How many bytes of the file may be read: all of it when complete, else what
+    /// the fill has published beyond `pos` (waiting until it publishes more).
+    async fn available(&mut self) -> io::Result<u64> {
+        let Some(rx) = &mut self.progress else {
+            return Ok(self.end);
+        };
+        let committed_size = loop {
+            match &*rx.borrow_and_update() {
+                FillState::Streaming { written, .. } if *written > self.pos => return Ok(*written),
+                FillState::Committed { size, .. } => break *size,
+                FillState::Failed(e) => return Err(io::Error::other(e.message.clone())),
+                FillState::Connecting | FillState::Streaming { .. } => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(io::Error::other(abandoned().message));
+            }
+        };
+        // The file is complete: read it like any committed file from now on.
+        self.end = self.end.min(committed_size);
+        self.progress = None;
+        Ok(self.end)
+    }
+}

@@ -1,0 +1,138 @@
+//! The registry service: decides, for every pull request, between a cache hit, a
+//! confirmation, a fill from the upstream, a revalidation or a stale answer. It
+//! owns the upstream clients, the store, the index, the memory cache and the fills
+//! in progress, and is the only module that combines them.
+//!
+//! It knows no HTTP status codes and no axum types: it returns domain values and
+//! `registry::Error`, which `api` maps to responses.
+
+mod blobs;
+mod discovery;
+mod error;
+mod fill;
+mod manifests;
+mod outcome;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use blobs::{BlobBody, BlobReply};
+pub use discovery::Referrers;
+pub use error::Error;
+pub use manifests::Manifest;
+pub use outcome::Outcome;
+
+use crate::cache::Cache;
+use crate::config::{Config, UpstreamConfig};
+use crate::index::Index;
+use crate::oci::{Digest, RepoName};
+use crate::store::Store;
+use crate::upstream::Upstream;
+use fill::Fills;
+
+/// One configured upstream and its client.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the configuration; stable for the life of the process.
+    id: usize,
+    config: UpstreamConfig,
+    client: Upstream,
+}
+
+impl Route {
+    /// The upstream's name (the registry host clients use).
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn tag_ttl(&self) -> Duration {
+        self.config.tag_ttl
+    }
+}
+
+/// The pull-through registry.
+#[derive(Debug)]
+pub struct Registry {
+    routes: Vec<Route>,
+    store: Store,
+    index: Index,
+    cache: Cache,
+    fills: Arc<Fills>,
+}
+
+impl Registry {
+    /// Builds the registry over an opened store and index.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        index: Index,
+    ) -> Result<Self, crate::upstream::Error> {
+        let routes = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(id, up)| {
+                Ok(Route {
+                    id,
+                    config: up.clone(),
+                    client: Upstream::new(up)?,
+                })
+            })
+            .collect::<Result<_, crate::upstream::Error>>()?;
+        Ok(Self {
+            routes,
+            store,
+            index,
+            cache: Cache::new(),
+            fills: Arc::default(),
+        })
+    }
+
+    /// The upstream a request goes to: the one whose name or alias equals `ns`
+    /// (containerd's `?ns=`), else the default. The table is closed: an unknown
+    /// `ns` is an error, never a host we dial.
+    pub fn route(&self, ns: Option<&str>) -> Result<&Route, Error> {
+        match ns {
+            Some(ns) => self
+                .routes
+                .iter()
+                .find(|r| r.config.answers_to(ns))
+                .ok_or_else(|| Error::UnknownNamespace(ns.to_owned())),
+            None => Ok(self
+                .routes
+                .iter()
+                .find(|r| r.config.default)
+                .unwrap_or(&self.routes[0])),
+        }
+    }
+
+    /// Makes sure `repo` of `route` may be served `digest`: it may when the content
+    /// was pulled for that repository (or confirmed before); otherwise the upstream
+    /// must confirm the repository has it (`confirm` sends that HEAD). Cached bytes
+    /// are never handed to a repository the upstream does not know them in.
+    async fn ensure_linked<F, Fut>(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+        not_found: Error,
+        confirm: F,
+    ) -> Result<Outcome, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(), crate::upstream::Error>>,
+    {
+        if self.cache.is_linked(route.id, repo, digest).await
+            || self.index.is_linked(route.name(), repo, digest).await?
+        {
+            self.cache.set_linked(route.id, repo, digest).await;
+            return Ok(Outcome::Hit);
+        }
+        confirm()
+            .await
+            .map_err(|e| Error::from_upstream(route.name(), e, not_found))?;
+        self.index.link(route.name(), repo, digest).await?;
+        self.cache.set_linked(route.id, repo, digest).await;
+        Ok(Outcome::Confirmed)
+    }
+}

@@ -1,0 +1,35 @@
+//! [`Outcome`]: how the cache answered a request, logged on every request line.
+
+/// How a request was answered. Recorded in the access log (`outcome=`) and
+/// attached to responses by `api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache without asking the upstream.
+    Hit,
+    /// Fetched from the upstream (and cached).
+    Miss,
+    /// Joined a fill already in progress for the same content.
+    Follow,
+    /// A stale tag the upstream confirmed unchanged (HEAD), then served from cache.
+    Revalidated,
+    /// Served from cache because the upstream could not be asked.
+    Stale,
+    /// Cached content served to another repository after the upstream confirmed it.
+    Confirmed,
+    /// Passed through from the upstream without caching (tags, referrers, HEAD of a cold blob).
+    Pass,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Follow => "follow",
+            Self::Revalidated => "revalidated",
+            Self::Stale => "stale",
+            Self::Confirmed => "confirmed",
+            Self::Pass => "pass",
+        }
+    }
+}
