@@ -34,24 +34,49 @@ impl Endpoint {
                 name: parse_name(name)?,
             });
         }
-        let (head, last) = rest.rsplit_once('/').ok_or_else(ApiError::not_found)?;
-        let (name, kind) = head.rsplit_once('/').ok_or_else(ApiError::not_found)?;
+        let (name, kind, last) = split_operation(rest)?;
         match kind {
             "manifests" => Ok(Endpoint::Manifest {
-                name: parse_name(name)?,
+                name,
                 reference: parse_reference(last)?,
             }),
             "blobs" => Ok(Endpoint::Blob {
-                name: parse_name(name)?,
+                name,
                 digest: parse_digest(last)?,
             }),
-            "referrers" => Ok(Endpoint::Referrers {
-                name: parse_name(name)?,
+            _ => Ok(Endpoint::Referrers {
+                name,
                 digest: parse_digest(last)?,
             }),
-            _ => Err(ApiError::not_found()),
         }
     }
+}
+
+/// Splits `<name>/<kind>/<reference>` at the rightmost `/<kind>/` whose left side
+/// is a valid name. The reference is everything after it, so a reference holding
+/// a `/` (`sha256:../../x`) is rejected as a reference, not mistaken for a path.
+fn split_operation(rest: &str) -> Result<(RepoName, &str, &str), ApiError> {
+    let mut candidates: Vec<(usize, &str)> = ["manifests", "blobs", "referrers"]
+        .into_iter()
+        .flat_map(|kind| {
+            let needle = format!("/{kind}/");
+            rest.match_indices(&needle)
+                .map(move |(at, _)| (at, kind))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut first_error = None;
+    for (at, kind) in candidates {
+        let last = &rest[at + kind.len() + 2..];
+        match parse_name(&rest[..at]) {
+            Ok(name) => return Ok((name, kind, last)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(ApiError::not_found))
 }
 
 fn parse_name(name: &str) -> Result<RepoName, ApiError> {
@@ -149,7 +174,7 @@ mod tests {
         assert_eq!(code("_catalog"), (StatusCode::NOT_FOUND, "NOT_FOUND"));
         assert_eq!(
             code("a/blobs/uploads/"),
-            (StatusCode::NOT_FOUND, "NOT_FOUND")
+            (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
         );
         assert_eq!(code("a/unknown/x"), (StatusCode::NOT_FOUND, "NOT_FOUND"));
         assert_eq!(code(""), (StatusCode::NOT_FOUND, "NOT_FOUND"));
