@@ -1,1 +1,347 @@
-//! placeholder: the upstream module is being written.
+//! The wire to remote registries: one [`Upstream`] per configured registry
+//! fetches manifests, blobs, tag lists and referrers, following redirects by
+//! hand ([`redirect`]) and answering token challenges ([`auth`]).
+//!
+//! It never forwards a client's headers or credentials (every request is built
+//! here from typed values), never sends a token to an origin other than the
+//! one that asked for it, never caches or logs a redirect target's query
+//! string, and never decompresses: bytes arrive exactly as the upstream hashed
+//! them. It knows nothing of the cache; callers decide what to store.
+
+mod auth;
+mod challenge;
+mod error;
+mod redirect;
+mod response;
+mod tags;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, ACCEPT_ENCODING, HeaderMap, HeaderValue, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode};
+use url::{Origin, Url};
+
+pub use error::{Error, Transport};
+pub use response::Response;
+
+use crate::config::UpstreamConfig;
+use crate::oci::{Digest, Reference, RepoName, media_type};
+use auth::{Authorization, Authorizer};
+use error::without_query;
+use redirect::Chain;
+
+const USER_AGENT: &str = concat!("regcache/", env!("CARGO_PKG_VERSION"));
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A hard stop on challenge rounds per request, on top of the per-origin
+/// limits, so a chain through many authenticating hosts still ends.
+const MAX_AUTH_ROUNDS: usize = 4;
+
+/// A client for one configured upstream registry. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    base: Url,
+    client: reqwest::Client,
+    auth: Authorizer,
+    manifest_accept: HeaderValue,
+}
+
+/// One logical request: where it starts, how, and for which of our repositories.
+struct Call<'a> {
+    method: Method,
+    url: Url,
+    /// Sent on every hop (Accept, Range); never Authorization.
+    headers: HeaderMap,
+    repo: &'a RepoName,
+}
+
+/// The final hop of a redirect chain.
+struct Hop {
+    response: reqwest::Response,
+    url: Url,
+    /// Whether this hop carried credentials.
+    authorized: bool,
+}
+
+/// Per-request auth state: what each origin gets, and how many challenges
+/// from each origin this request has answered.
+#[derive(Default)]
+struct RequestAuth {
+    granted: HashMap<Origin, Authorization>,
+    rounds: HashMap<Origin, u8>,
+}
+
+impl Upstream {
+    /// Builds the client for `config`. Installs rustls' ring crypto provider as
+    /// the process default if no provider is installed yet.
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, Error> {
+        install_crypto_provider();
+        if !matches!(config.url.scheme(), "http" | "https") || config.url.host_str().is_none() {
+            return Err(Error::Protocol(format!(
+                "upstream {} URL must be http(s) with a host",
+                config.name
+            )));
+        }
+        let inner = Inner {
+            name: config.name.clone(),
+            base: config.url.clone(),
+            client: build_client(config)?,
+            auth: Authorizer::new(config),
+            manifest_accept: HeaderValue::from_str(&media_type::ALL_MANIFESTS.join(", "))
+                .map_err(|_| Error::Protocol("manifest media types are not a header".into()))?,
+        };
+        Ok(Upstream {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// GET or HEAD `/v2/<repo>/manifests/<reference>`, accepting every manifest
+    /// media type (one header, comma-separated), whatever the client accepts.
+    pub async fn manifest(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Response, Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, self.inner.manifest_accept.clone());
+        let url = self.endpoint(&format!("{repo}/manifests/{reference}"));
+        self.send(&Call {
+            method,
+            url,
+            headers,
+            repo,
+        })
+        .await
+    }
+
+    /// GET or HEAD `/v2/<repo>/blobs/<digest>`; `range_start` adds
+    /// `Range: bytes=<n>-` (for resuming).
+    pub async fn blob(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        digest: &Digest,
+        range_start: Option<u64>,
+    ) -> Result<Response, Error> {
+        let mut headers = HeaderMap::new();
+        if let Some(start) = range_start {
+            let range = HeaderValue::try_from(format!("bytes={start}-"))
+                .map_err(|_| Error::Protocol("bad range start".into()))?;
+            headers.insert(RANGE, range);
+        }
+        let url = self.endpoint(&format!("{repo}/blobs/{digest}"));
+        self.send(&Call {
+            method,
+            url,
+            headers,
+            repo,
+        })
+        .await
+    }
+
+    /// GET `/v2/<repo>/referrers/<digest>[?artifactType=..]`, for pass-through.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Response, Error> {
+        let mut url = self.endpoint(&format!("{repo}/referrers/{digest}"));
+        if let Some(artifact_type) = artifact_type {
+            url.query_pairs_mut()
+                .append_pair("artifactType", artifact_type);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(media_type::OCI_INDEX));
+        self.send(&Call {
+            method: Method::GET,
+            url,
+            headers,
+            repo,
+        })
+        .await
+    }
+
+    /// `<base>/v2/<tail>`, keeping any path prefix of the configured URL.
+    fn endpoint(&self, tail: &str) -> Url {
+        let mut url = self.inner.base.clone();
+        let path = format!("{}/v2/{tail}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url.set_query(None);
+        url.set_fragment(None);
+        url
+    }
+
+    /// Runs one request to a 2xx answer: follows the redirect chain, and on a
+    /// 401 answers the challenge and starts again from the original URL (a
+    /// 401 at a redirect target is answered like containerd does).
+    async fn send(&self, call: &Call<'_>) -> Result<Response, Error> {
+        if call.method != Method::GET && call.method != Method::HEAD {
+            return Err(Error::Protocol(format!(
+                "{} is not a pull method",
+                call.method
+            )));
+        }
+        let mut state = RequestAuth::default();
+        for _ in 0..MAX_AUTH_ROUNDS {
+            let hop = self.follow(call, &mut state).await?;
+            if hop.response.status() != StatusCode::UNAUTHORIZED {
+                return finish(hop);
+            }
+            self.answer_challenge(call, &mut state, &hop).await?;
+        }
+        Err(Error::Denied { status: 401 })
+    }
+
+    /// Sends `call` and follows redirects to the first non-redirect answer.
+    async fn follow(&self, call: &Call<'_>, state: &mut RequestAuth) -> Result<Hop, Error> {
+        let mut chain = Chain::new(call.url.clone());
+        loop {
+            let url = chain.current();
+            let authorization = if chain.may_authorize() {
+                self.authorization_for(url, call.repo, state).await
+            } else {
+                None
+            };
+            let response = self.send_hop(call, url, authorization.as_ref()).await?;
+            let status = response.status();
+            tracing::debug!(
+                upstream = %self.inner.name,
+                method = %call.method,
+                url = %without_query(url),
+                status = status.as_u16(),
+                authorized = authorization.is_some(),
+                "upstream hop"
+            );
+            if !redirect::is_redirect(status) {
+                return Ok(Hop {
+                    response,
+                    url: url.clone(),
+                    authorized: authorization.is_some(),
+                });
+            }
+            let next = redirect::location(url, response.headers())?;
+            chain.advance(next)?;
+        }
+    }
+
+    /// What the hop to `url` carries: what this request was granted for its
+    /// origin, else what is remembered from earlier requests.
+    async fn authorization_for(
+        &self,
+        url: &Url,
+        repo: &RepoName,
+        state: &mut RequestAuth,
+    ) -> Option<Authorization> {
+        let origin = url.origin();
+        if let Some(granted) = state.granted.get(&origin) {
+            return Some(granted.clone());
+        }
+        let cached = self.inner.auth.cached(&origin, repo).await?;
+        state.granted.insert(origin, cached.clone());
+        Some(cached)
+    }
+
+    async fn send_hop(
+        &self,
+        call: &Call<'_>,
+        url: &Url,
+        authorization: Option<&Authorization>,
+    ) -> Result<reqwest::Response, Error> {
+        let mut request = self
+            .inner
+            .client
+            .request(call.method.clone(), url.clone())
+            .headers(call.headers.clone());
+        if let Some(authorization) = authorization {
+            request = self.inner.auth.apply(request, authorization);
+        }
+        request.send().await.map_err(|e| Error::transport(e, url))
+    }
+
+    /// Answers a 401: one challenge per origin per request, two if the
+    /// challenge says the token we sent was invalid; then `Denied`.
+    async fn answer_challenge(
+        &self,
+        call: &Call<'_>,
+        state: &mut RequestAuth,
+        hop: &Hop,
+    ) -> Result<(), Error> {
+        let lines = hop.response.headers().get_all(WWW_AUTHENTICATE);
+        let challenges = challenge::parse_all(lines.iter().filter_map(|v| v.to_str().ok()));
+        let allowed = if auth::rejects_token(&challenges) {
+            2
+        } else {
+            1
+        };
+        let origin = hop.url.origin();
+        let rounds = state.rounds.entry(origin.clone()).or_default();
+        if *rounds >= allowed {
+            return Err(Error::Denied { status: 401 });
+        }
+        *rounds += 1;
+        let authorization = self
+            .inner
+            .auth
+            .answer(
+                &self.inner.client,
+                &challenges,
+                &hop.url,
+                call.repo,
+                hop.authorized,
+            )
+            .await?;
+        state.granted.insert(origin, authorization);
+        Ok(())
+    }
+}
+
+/// The end of a chain: a 2xx becomes a [`Response`], anything else an error.
+fn finish(hop: Hop) -> Result<Response, Error> {
+    let status = hop.response.status();
+    if status.is_success() {
+        Ok(Response::new(hop.response, hop.url))
+    } else {
+        Err(error::from_status(status, hop.response.headers(), &hop.url))
+    }
+}
+
+fn build_client(config: &UpstreamConfig) -> Result<reqwest::Client, Error> {
+    let mut headers = HeaderMap::new();
+    // Bytes must reach the hasher exactly as the upstream digested them.
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.idle_timeout)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .user_agent(USER_AGENT)
+        .default_headers(headers)
+        .build()
+        .map_err(|e| Error::Protocol(format!("cannot build the HTTP client: {e}")))
+}
+
+/// reqwest is built with `rustls-no-provider`, so a process-wide crypto
+/// provider must exist before a client is built; ring is ours. An error only
+/// means a provider is installed already, which is all that is needed.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
