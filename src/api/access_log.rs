@@ -38,9 +38,15 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
         started,
     };
     let (parts, body) = response.into_parts();
+    let content_length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let body = Body::new(LoggedBody {
         inner: body,
         bytes: 0,
+        content_length,
         record: Some(record),
     });
     Response::from_parts(parts, body)
@@ -79,6 +85,9 @@ impl Record {
 struct LoggedBody {
     inner: Body,
     bytes: u64,
+    /// The response's `Content-Length`: hyper stops polling a body once that
+    /// many bytes are sent, so reaching it is a complete response.
+    content_length: Option<u64>,
     record: Option<Record>,
 }
 
@@ -126,9 +135,11 @@ impl HttpBody for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        // Dropped before its end: the client went away (or it was a HEAD, whose
-        // empty body hyper never polls).
-        let failure = (!self.inner.is_end_stream()).then_some("client disconnected");
+        // Dropped before its end and short of its Content-Length: the client
+        // went away. (A HEAD's empty body is at its end without being polled.)
+        let complete =
+            self.inner.is_end_stream() || self.content_length.is_some_and(|len| self.bytes >= len);
+        let failure = (!complete).then_some("client disconnected");
         self.finish(failure);
     }
 }

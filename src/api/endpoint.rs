@@ -65,7 +65,7 @@ fn split_operation(rest: &str) -> Result<(RepoName, &str, &str), ApiError> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     let mut first_error = None;
     for (at, kind) in candidates {
         let last = &rest[at + kind.len() + 2..];

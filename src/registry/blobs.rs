@@ -3,13 +3,14 @@
 //! asks the upstream without fetching the bytes.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::Method;
 use tokio::sync::watch;
 
-use super::fill::{FileReader, FillError, FillGuard, FillOwner, FillState};
+use super::fill::{FileReader, Fill, FillError, FillGuard, FillOwner, FillState};
 use super::{Error, Outcome, Registry, Route};
 use crate::index::ContentRow;
 use crate::oci::{Digest, RepoName};
@@ -132,6 +133,7 @@ impl Registry {
             .fills
             .join_or_start(digest, owner.clone(), |guard, progress| {
                 let job = FillJob {
+                    route_id: route.id,
                     route_client: route.client.clone(),
                     upstream_name: route.name().to_owned(),
                     repo: repo.clone(),
@@ -144,7 +146,7 @@ impl Registry {
             });
         if !started && fill.owner != owner {
             // The bytes are being fetched for another repository.
-            self.ensure_blob_linked(route, repo, digest).await?;
+            self.confirm_joined_fill(route, repo, digest, &fill).await?;
         }
         let (size, reader) = fill.wait_started().await?;
         let outcome = if started {
@@ -153,6 +155,34 @@ impl Registry {
             Outcome::Follow
         };
         Ok(reply(digest, size, outcome, Some(reader)))
+    }
+
+    /// `repo` joins a fill started for another repository: the upstream must
+    /// confirm `repo` has the blob first. The link is recorded by the fill once
+    /// its content is indexed (an index row may only name committed content).
+    async fn confirm_joined_fill(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+        fill: &Arc<Fill>,
+    ) -> Result<(), Error> {
+        if self.cache.is_linked(route.id, repo, digest).await
+            || self.index.is_linked(route.name(), repo, digest).await?
+        {
+            return Ok(());
+        }
+        route
+            .client
+            .blob(Method::HEAD, repo, digest, None)
+            .await
+            .map_err(|e| Error::from_upstream(route.name(), e, Error::BlobUnknown))?;
+        if !fill.add_joined(repo.clone()) {
+            // The fill has indexed its content already: link it here.
+            self.index.link(route.name(), repo, digest).await?;
+            self.cache.set_linked(route.id, repo, digest).await;
+        }
+        Ok(())
     }
 
     /// Drops an index row whose file is gone, and its cached metadata.
@@ -179,6 +209,7 @@ fn reply(
 
 /// Everything a detached fill task needs; owns clones so it outlives the request.
 struct FillJob {
+    route_id: usize,
     route_client: crate::upstream::Upstream,
     upstream_name: String,
     repo: RepoName,
@@ -190,7 +221,7 @@ struct FillJob {
 
 impl FillJob {
     async fn run(self, guard: FillGuard, progress: watch::Sender<FillState>) {
-        let state = match self.fetch(&progress).await {
+        let state = match self.fetch(&guard, &progress).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "blob fill failed");
@@ -202,7 +233,11 @@ impl FillJob {
     }
 
     /// Streams the upstream body into the store, publishing progress, and commits.
-    async fn fetch(&self, progress: &watch::Sender<FillState>) -> Result<FillState, Error> {
+    async fn fetch(
+        &self,
+        guard: &FillGuard,
+        progress: &watch::Sender<FillState>,
+    ) -> Result<FillState, Error> {
         let response = self
             .route_client
             .blob(Method::GET, &self.repo, &self.digest, None)
@@ -243,6 +278,26 @@ impl FillJob {
             .insert_content(&row, &self.upstream_name, &self.repo)
             .await?;
         self.cache.set_blob_size(&self.digest, size).await;
+        self.cache
+            .set_linked(self.route_id, &self.repo, &self.digest)
+            .await;
+        for repo in guard.take_joined() {
+            // The content is committed: a failed link only costs a later HEAD.
+            match self
+                .index
+                .link(&self.upstream_name, &repo, &self.digest)
+                .await
+            {
+                Ok(()) => {
+                    self.cache
+                        .set_linked(self.route_id, &repo, &self.digest)
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %self.digest, %repo, error = %e, "cannot link a confirmed repository")
+                }
+            }
+        }
         tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob cached");
         Ok(FillState::Committed { size, file })
     }

@@ -48,14 +48,25 @@ pub(crate) struct FillError {
     pub(crate) not_found: bool,
     pub(crate) unavailable: bool,
     pub(crate) message: String,
+    /// The upstream's answer when it refused the fetch (denied, rate limited,
+    /// down): every reader answers with it as-is (`DENIED`, `TOOMANYREQUESTS`
+    /// with its `Retry-After`), not as a generic failed fill.
+    upstream: Option<(String, crate::upstream::Error)>,
 }
 
 impl FillError {
     pub(crate) fn from_error(e: &Error) -> Self {
+        let upstream = match e {
+            Error::Unavailable { upstream, source } | Error::Upstream { upstream, source } => {
+                Some((upstream.clone(), source.clone()))
+            }
+            _ => None,
+        };
         Self {
             not_found: matches!(e, Error::BlobUnknown),
             unavailable: matches!(e, Error::Unavailable { .. }),
             message: e.to_string(),
+            upstream,
         }
     }
 
@@ -63,6 +74,8 @@ impl FillError {
     pub(crate) fn to_error(&self) -> Error {
         if self.not_found {
             Error::BlobUnknown
+        } else if let Some((name, source)) = &self.upstream {
+            Error::from_upstream(name, source.clone(), Error::BlobUnknown)
         } else {
             Error::FillFailed {
                 unavailable: self.unavailable,
@@ -85,6 +98,9 @@ pub(crate) struct FillOwner {
 pub(crate) struct Fill {
     pub(crate) owner: FillOwner,
     progress: watch::Receiver<FillState>,
+    /// Other repositories the upstream confirmed while this fill ran; linked by
+    /// the fill once its content is indexed. `None` once it has taken them.
+    joined: Mutex<Option<Vec<RepoName>>>,
 }
 
 impl Fill {
@@ -109,6 +125,20 @@ impl Fill {
             }
         }
     }
+
+    /// Records that the upstream confirmed `repo` has this blob, for the fill to
+    /// link once its content is indexed. False if the fill has already indexed
+    /// its content and linked its repositories: the caller links `repo` itself.
+    pub(crate) fn add_joined(&self, repo: RepoName) -> bool {
+        let mut joined = self.joined.lock().expect("fill lock poisoned");
+        match joined.as_mut() {
+            Some(repos) => {
+                repos.push(repo);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn abandoned() -> FillError {
@@ -116,6 +146,7 @@ fn abandoned() -> FillError {
         not_found: false,
         unavailable: false,
         message: "the fill ended without a result".into(),
+        upstream: None,
     }
 }
 
@@ -143,6 +174,7 @@ impl Fills {
         let fill = Arc::new(Fill {
             owner,
             progress: rx,
+            joined: Mutex::new(Some(Vec::new())),
         });
         inflight.insert(digest.clone(), Arc::clone(&fill));
         drop(inflight);
@@ -163,6 +195,18 @@ pub(crate) struct FillGuard {
     digest: Digest,
 }
 
+impl FillGuard {
+    /// The repositories confirmed while the fill ran; later ones are linked by
+    /// their requests (see [`Fill::add_joined`]). Call after indexing the content.
+    pub(crate) fn take_joined(&self) -> Vec<RepoName> {
+        let inflight = self.fills.inflight.lock().expect("fills lock poisoned");
+        inflight
+            .get(&self.digest)
+            .and_then(|fill| fill.joined.lock().expect("fill lock poisoned").take())
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for FillGuard {
     fn drop(&mut self) {
         if let Ok(mut inflight) = self.fills.inflight.lock() {
@@ -172,8 +216,9 @@ impl Drop for FillGuard {
 }
 
 /// Reads a byte range of a file that is either complete or still being written
-/// by a fill. A growing file is read up to the published length, waiting for more;
-/// if the fill fails, the stream ends with an error, never a clean end.
+/// by a fill. A growing file is read up to the published length, waiting for more
+/// (the blob's last byte only once the fill has committed); if the fill fails, the
+/// stream ends with an error, never a clean end.
 #[derive(Debug)]
 pub(crate) struct FileReader {
     file: Arc<std::fs::File>,
@@ -252,10 +297,20 @@ impl FileReader {
         };
         let committed_size = loop {
             match &*rx.borrow_and_update() {
-                FillState::Streaming { written, .. } if *written > self.pos => return Ok(*written),
+                FillState::Streaming { written, size, .. } => {
+                    // The blob's last byte waits for the commit: a response that
+                    // reaches the end of the blob must not complete (and satisfy
+                    // its Content-Length) before the digest is checked, or a bad
+                    // upstream body would end cleanly instead of being aborted.
+                    let readable =
+                        size.map_or(*written, |size| (*written).min(size.saturating_sub(1)));
+                    if readable > self.pos {
+                        return Ok(readable);
+                    }
+                }
                 FillState::Committed { size, .. } => break *size,
                 FillState::Failed(e) => return Err(io::Error::other(e.message.clone())),
-                FillState::Connecting | FillState::Streaming { .. } => {}
+                FillState::Connecting => {}
             }
             if rx.changed().await.is_err() {
                 return Err(io::Error::other(abandoned().message));

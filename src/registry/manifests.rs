@@ -5,8 +5,10 @@
 //!
 //! Manifests are stored as the exact upstream bytes with the upstream's media
 //! type, after their digest is checked; they are never re-serialized.
+//! Concurrent misses of one manifest wait for a single upstream request.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -45,23 +47,44 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<(Arc<Manifest>, Outcome), Error> {
-        if let Some(manifest) = self.local_manifest(digest).await? {
-            let outcome = self
-                .ensure_linked(route, repo, digest, Error::ManifestUnknown, || async {
-                    let reference = Reference::Digest(digest.clone());
-                    route
-                        .client
-                        .manifest(Method::HEAD, repo, &reference)
-                        .await
-                        .map(drop)
-                })
-                .await?;
-            return Ok((manifest, outcome));
+        if let Some(answer) = self.cached_manifest(route, repo, digest).await? {
+            return Ok(answer);
+        }
+        // One request per digest goes on: the others wait, then find it cached.
+        let _flight = self
+            .manifest_flights
+            .lock(format!("{}/{repo}@{digest}", route.id))
+            .await;
+        if let Some(answer) = self.cached_manifest(route, repo, digest).await? {
+            return Ok(answer);
         }
         let manifest = self
             .fetch_manifest(route, repo, &Reference::Digest(digest.clone()))
             .await?;
         Ok((manifest, Outcome::Miss))
+    }
+
+    /// A cached manifest, once `repo` is known (or confirmed) to have it.
+    async fn cached_manifest(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<(Arc<Manifest>, Outcome)>, Error> {
+        let Some(manifest) = self.local_manifest(digest).await? else {
+            return Ok(None);
+        };
+        let outcome = self
+            .ensure_linked(route, repo, digest, Error::ManifestUnknown, || async {
+                let reference = Reference::Digest(digest.clone());
+                route
+                    .client
+                    .manifest(Method::HEAD, repo, &reference)
+                    .await
+                    .map(drop)
+            })
+            .await?;
+        Ok(Some((manifest, outcome)))
     }
 
     async fn manifest_by_tag(
@@ -70,14 +93,16 @@ impl Registry {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<(Arc<Manifest>, Outcome), Error> {
-        if let Some(digest) = self
-            .cache
-            .fresh_tag(route.id, repo, tag, route.tag_ttl())
-            .await
-        {
-            if let Some(manifest) = self.local_manifest(&digest).await? {
-                return Ok((manifest, Outcome::Hit));
-            }
+        if let Some(manifest) = self.fresh_tag(route, repo, tag).await? {
+            return Ok((manifest, Outcome::Hit));
+        }
+        // One request per tag goes on: the others wait, then find it fresh.
+        let _flight = self
+            .manifest_flights
+            .lock(format!("{}/{repo}:{tag}", route.id))
+            .await;
+        if let Some(manifest) = self.fresh_tag(route, repo, tag).await? {
+            return Ok((manifest, Outcome::Hit));
         }
         let known = self.index.tag(route.name(), repo, tag).await?;
         let known_manifest = match &known {
@@ -102,6 +127,23 @@ impl Registry {
             .fetch_manifest(route, repo, &Reference::Tag(tag.clone()))
             .await?;
         Ok((manifest, Outcome::Miss))
+    }
+
+    /// The manifest of a tag resolved less than `tag_ttl` ago, from memory.
+    async fn fresh_tag(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Arc<Manifest>>, Error> {
+        match self
+            .cache
+            .fresh_tag(route.id, repo, tag, route.tag_ttl())
+            .await
+        {
+            Some(digest) => self.local_manifest(&digest).await,
+            None => Ok(None),
+        }
     }
 
     /// Asks the upstream (HEAD) whether a stale tag still points at `manifest`.
@@ -224,6 +266,31 @@ impl Registry {
     }
 }
 
+/// One lock per manifest reference being resolved, so that concurrent misses of
+/// one manifest make one upstream request; the others wait and find it cached.
+#[derive(Debug, Default)]
+pub(super) struct Flights {
+    inflight: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl Flights {
+    pub(super) async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut inflight = self.inflight.lock().expect("flights lock poisoned");
+            inflight.retain(|_, lock| lock.strong_count() > 0);
+            match inflight.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    inflight.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
 /// The digest of fetched manifest bytes, checked against what was asked for (a
 /// digest reference) and what the upstream claimed (`Docker-Content-Digest`).
 fn verified_digest(
@@ -249,7 +316,10 @@ fn verified_digest(
 /// The media type to store: the upstream's Content-Type, else the manifest's own
 /// `mediaType` field, else a guess from its shape (schema 1 or an OCI image).
 fn manifest_media_type(content_type: Option<&str>, bytes: &[u8]) -> String {
-    if let Some(ct) = content_type.map(str::trim).filter(|ct| !ct.is_empty()) {
+    // Parameters (`; charset=utf-8`) are dropped: clients ignore them, and a
+    // stored type with them would match no client's Accept.
+    let essence = content_type.map(|ct| ct.split(';').next().unwrap_or_default().trim());
+    if let Some(ct) = essence.filter(|ct| !ct.is_empty()) {
         if ct != "application/octet-stream" && ct != "text/plain" {
             return ct.to_owned();
         }
@@ -321,6 +391,17 @@ mod tests {
         assert_eq!(
             manifest_media_type(Some("application/octet-stream"), body),
             media_type::OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(Some("text/plain; charset=utf-8"), body),
+            media_type::OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(
+                Some(" application/vnd.oci.image.manifest.v1+json ; q=1"),
+                body
+            ),
+            media_type::OCI_MANIFEST
         );
         let schema1 = br#"{"schemaVersion":1,"signatures":[]}"#;
         assert_eq!(

@@ -58,6 +58,7 @@ pub struct Registry {
     index: Index,
     cache: Cache,
     fills: Arc<Fills>,
+    manifest_flights: manifests::Flights,
 }
 
 impl Registry {
@@ -85,6 +86,7 @@ impl Registry {
             index,
             cache: Cache::new(),
             fills: Arc::default(),
+            manifest_flights: manifests::Flights::default(),
         })
     }
 
