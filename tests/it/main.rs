@@ -2,4 +2,14 @@
 //! executable against in-process fake upstreams and real third-party software.
 //! Add new test modules here, one line each with a comment.
 
+/// Bad input, read-only methods, _catalog, tags/list pagination.
+mod api;
+/// Helpers for the fake-upstream tests (client, seeded image, data-dir checks).
+mod common;
+/// Upstream down/500, tag TTL, wrong bytes, cut bodies, crash mid-fill, peak RSS.
+mod faults;
+/// skopeo, containerd and podman pulling through regcache from docker-registry and the k8s-like fake.
+mod interop;
+/// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
+mod pull;
 mod support;

@@ -43,6 +43,7 @@ impl Builder {
         self
     }
 
+    #[allow(dead_code)] // for tests that pass extra flags
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
         self
@@ -113,16 +114,13 @@ impl Regcache {
         let (addr_tx, addr_rx) = mpsc::channel();
         collect_output(child.stdout.take().expect("stdout"), &log, None);
         collect_output(child.stderr.take().expect("stderr"), &log, Some(addr_tx));
-        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "regcache did not report its address within {START_TIMEOUT:?}; log:\n{}",
-                    log.lock().unwrap()
-                );
-            }
+        let Ok(addr) = addr_rx.recv_timeout(START_TIMEOUT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "regcache did not report its address within {START_TIMEOUT:?}; log:\n{}",
+                log.lock().unwrap()
+            );
         };
         Regcache {
             child,
@@ -150,6 +148,11 @@ impl Regcache {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The process id (to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the process printed so far.
