@@ -317,6 +317,7 @@ async fn a_cold_1_gib_pull_keeps_peak_rss_under_100_mib() {
     let size = content.len();
     let digest = fake.put_content("huge", content);
     let regcache = Regcache::with_upstream(fake.url());
+    let started = std::time::Instant::now();
     let mut response = client()
         .get(format!("{}/v2/huge/blobs/{digest}", regcache.url()))
         .send()
@@ -325,10 +326,24 @@ async fn a_cold_1_gib_pull_keeps_peak_rss_under_100_mib() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
     let mut received = 0u64;
+    // What the upstream had sent when the first body bytes reached the client.
+    let mut first_byte = None;
     while let Some(chunk) = response.chunk().await.unwrap() {
+        first_byte.get_or_insert_with(|| (started.elapsed(), fake.sent(&digest)));
         sha2::Digest::update(&mut hasher, &chunk);
         received += chunk.len() as u64;
     }
+    let (ttfb, sent_at_first_byte) = first_byte.expect("a body");
+    eprintln!(
+        "cold 1 GiB pull: first byte after {ttfb:?} with {:.1} MiB of {} MiB sent upstream; whole body after {:?}",
+        sent_at_first_byte as f64 / 1048576.0,
+        size / 1048576,
+        started.elapsed()
+    );
+    assert!(
+        sent_at_first_byte < size,
+        "the first byte waited for the whole upstream body"
+    );
     assert_eq!(received, size);
     assert_eq!(
         format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher))),
