@@ -160,6 +160,24 @@ impl Regcache {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until the log holds `needle` (the access log line of a response is
+    /// written when its body ends, which may be just after the client has read
+    /// it), and returns the log; panics with the log after 10 s.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kill (SIGKILL) and start again with the same options and data directory.
     /// The new process listens on a new port.
     pub fn restart(&mut self) {
