@@ -11,11 +11,14 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::index::Index;
+use crate::ops::server_stats::{Counters, StatsWriter};
 use crate::registry::Registry;
 use crate::store::{self, Store};
 
 /// How long in-flight responses may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the request counters are written for `regcache stats`.
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Opens the data directory and builds the registry on it.
 pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
@@ -29,7 +32,13 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
         .await
         .context("reconciling the index with the store")?;
     tracing::info!(?report, "store reconciled");
-    Registry::new(config, store, index).context("building upstream clients")
+    let registry = Registry::new(config, store, index).context("building upstream clients")?;
+    registry
+        .evictor()
+        .load()
+        .await
+        .context("loading the cache's disk usage")?;
+    Ok(registry)
 }
 
 fn index_path(data_dir: &Path) -> std::path::PathBuf {
@@ -39,13 +48,22 @@ fn index_path(data_dir: &Path) -> std::path::PathBuf {
 /// Serves the registry on `config.listen` until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Arc::new(open_registry(&config).await?);
+    let eviction = registry.evictor().spawn(config.eviction.interval);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let default = config.default_upstream();
+    let counters = Arc::new(Counters::default());
+    let stats = StatsWriter::new(&config.data_dir, Arc::clone(&counters));
+    // Written once before "listening": the file is there when the server is.
+    stats
+        .write()
+        .await
+        .context("writing the server statistics file")?;
+    let stats_task = tokio::spawn(stats.clone().run(STATS_INTERVAL));
     tracing::info!(%addr, upstream = %default.name, url = %default.url, data = %config.data_dir.display(), "listening");
-    let app = crate::api::router(registry);
+    let app = crate::api::router(registry, counters);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     // Graceful shutdown waits for open responses; a stalled 1 GiB download must
     // not keep the process alive forever.
@@ -55,6 +73,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("connections still open after the grace period; exiting");
         }
     }
+    stats_task.abort();
+    if let Err(e) = stats.write().await {
+        tracing::warn!(error = %e, "cannot write the final server statistics");
+    }
+    // Access times recorded since the last flush survive the restart.
+    eviction.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! never lead: entries are inserted only after the index has committed, and
 //! removed together with index rows. A cold cache gives the same answers.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -46,13 +47,20 @@ impl Default for Cache {
 impl Cache {
     pub fn new() -> Self {
         Self {
-            tags: Moka::new(SMALL_ENTRIES),
+            // Invalidation closures: eviction drops every entry naming evicted content.
+            tags: Moka::builder()
+                .max_capacity(SMALL_ENTRIES)
+                .support_invalidation_closures()
+                .build(),
             manifests: Moka::builder()
                 .max_capacity(MANIFEST_BYTES)
                 .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
                 .build(),
             blob_sizes: Moka::new(SMALL_ENTRIES),
-            links: Moka::new(SMALL_ENTRIES),
+            links: Moka::builder()
+                .max_capacity(SMALL_ENTRIES)
+                .support_invalidation_closures()
+                .build(),
         }
     }
 
@@ -123,6 +131,26 @@ impl Cache {
         self.links
             .insert((upstream, repo.clone(), digest.clone()), ())
             .await;
+    }
+
+    /// Forgets evicted content: its manifest and size, and every tag mapping and
+    /// repository link naming it, as its index rows went (the cascade).
+    pub async fn forget_all(&self, digests: &HashSet<Digest>) {
+        if digests.is_empty() {
+            return;
+        }
+        for digest in digests {
+            self.forget(digest).await;
+        }
+        let gone = Arc::new(digests.clone());
+        let tags_gone = Arc::clone(&gone);
+        // Only fails when closures are not enabled, which `new` does.
+        let _ = self
+            .tags
+            .invalidate_entries_if(move |_, (digest, _)| tags_gone.contains(digest));
+        let _ = self
+            .links
+            .invalidate_entries_if(move |(_, _, digest), _| gone.contains(digest));
     }
 
     /// Forgets the content `digest` (its index row is gone). Tag and link entries

@@ -23,7 +23,37 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// At least one; exactly one has `default == true`.
     pub upstreams: Vec<UpstreamConfig>,
+    /// The disk budget (`storage.max_size`, watermarks, pins).
+    pub eviction: EvictionConfig,
 }
+
+/// `[storage]`'s disk budget: how much committed content the cache keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictionConfig {
+    /// Bytes of committed content (blobs and manifests) never exceeded.
+    pub max_size: u64,
+    /// Past this fraction of `max_size`, evict...
+    pub high_watermark: f64,
+    /// ...down to this fraction.
+    pub low_watermark: f64,
+    /// How often usage is re-read from the index and checked.
+    pub interval: Duration,
+    /// Content never evicted.
+    pub pins: Vec<crate::evict::Pin>,
+}
+
+impl EvictionConfig {
+    pub fn budget(&self) -> crate::evict::Budget {
+        crate::evict::Budget::new(self.max_size, self.high_watermark, self.low_watermark)
+    }
+
+    pub fn pins(&self) -> crate::evict::Pins {
+        crate::evict::Pins::new(self.pins.clone())
+    }
+}
+
+/// `storage.max_size` when absent (see config.toml).
+pub const DEFAULT_MAX_SIZE: u64 = 20 * 1024 * 1024 * 1024;
 
 impl Config {
     pub fn default_upstream(&self) -> &UpstreamConfig {
@@ -90,6 +120,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// Replaces the default upstream's `url`.
     pub upstream_url: Option<Url>,
+    /// Replaces `storage.max_size` (bytes).
+    pub max_size: Option<u64>,
 }
 
 /// One problem, naming the key it concerns (`upstream[0].tag_ttl`).
@@ -210,6 +242,7 @@ impl Walker {
         let data_dir = self
             .string(&mut storage, "storage", "data_dir")
             .map(PathBuf::from);
+        let (budget, raw_pins) = self.budget(&mut storage, overrides);
         self.reject_unknown(&storage, "storage");
 
         let upstream_tables = upstream_values.len();
@@ -225,6 +258,8 @@ impl Walker {
             self.error("upstream", "at least one [[upstream]] is required");
         }
         self.check_upstreams(&mut upstreams, overrides);
+        let pins = self.pins(&raw_pins, &upstreams);
+        let eviction = budget.map(|budget| EvictionConfig { pins, ..budget });
 
         let listen = overrides.listen.or(listen);
         let data_dir = overrides.data_dir.clone().or(data_dir);
@@ -238,7 +273,70 @@ impl Walker {
             listen: listen?,
             data_dir: data_dir?,
             upstreams,
+            eviction: eviction?,
         })
+    }
+
+    /// `storage.max_size`, the watermarks, `evict_interval` and the raw `pins`
+    /// (resolved by [`Self::pins`] once the upstreams are known).
+    fn budget(
+        &mut self,
+        storage: &mut Table,
+        overrides: &Overrides,
+    ) -> (Option<EvictionConfig>, Vec<String>) {
+        let max_size = self.size(storage, "storage", "max_size", DEFAULT_MAX_SIZE);
+        let high = self.fraction(storage, "storage", "high_watermark", 0.95);
+        let low = self.fraction(storage, "storage", "low_watermark", 0.85);
+        let interval = self.duration(
+            storage,
+            "storage",
+            "evict_interval",
+            Duration::from_secs(30),
+        );
+        let pins = self.optional_strings(storage, "storage", "pins");
+        let max_size = overrides.max_size.or(max_size);
+        if max_size == Some(0) {
+            self.error("storage.max_size", "must be more than 0 bytes");
+        }
+        if let (Some(high), Some(low)) = (high, low) {
+            if low > high {
+                self.error(
+                    "storage.low_watermark",
+                    format!("{low} is above high_watermark {high}"),
+                );
+            }
+        }
+        if interval.is_some_and(|d| d.is_zero()) {
+            self.error("storage.evict_interval", "must be longer than 0s");
+        }
+        let budget = (|| {
+            Some(EvictionConfig {
+                max_size: max_size?,
+                high_watermark: high?,
+                low_watermark: low?,
+                interval: interval?,
+                pins: Vec::new(),
+            })
+        })();
+        (budget, pins)
+    }
+
+    /// Parses `storage.pins`, resolving each upstream name or alias.
+    fn pins(&mut self, raw: &[String], upstreams: &[UpstreamConfig]) -> Vec<crate::evict::Pin> {
+        let mut pins = Vec::new();
+        let resolve = |host: &str| {
+            upstreams
+                .iter()
+                .find(|u| u.answers_to(host))
+                .map(|u| u.name.clone())
+        };
+        for (i, text) in raw.iter().enumerate() {
+            match crate::evict::Pin::parse(text, resolve) {
+                Ok(pin) => pins.push(pin),
+                Err(e) => self.error(&format!("storage.pins[{i}]"), e),
+            }
+        }
+        pins
     }
 
     fn upstream(
@@ -481,6 +579,50 @@ impl Walker {
         out
     }
 
+    /// A size in bytes, human-readable ("50GiB", "500MB", "1048576"); `Some(default)`
+    /// when absent, `None` when invalid.
+    fn size(&mut self, t: &mut Table, path: &str, key: &str, default: u64) -> Option<u64> {
+        if !t.contains_key(key) {
+            return Some(default);
+        }
+        let raw = self.optional_string(t, path, key)?;
+        match raw.trim().parse::<bytesize::ByteSize>() {
+            Ok(size) => Some(size.as_u64()),
+            Err(e) => {
+                self.error(
+                    &Self::key(path, key),
+                    format!("{raw:?} is not a size like \"50GiB\": {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A fraction in (0, 1]; `Some(default)` when absent, `None` when invalid.
+    fn fraction(&mut self, t: &mut Table, path: &str, key: &str, default: f64) -> Option<f64> {
+        let value = match t.remove(key) {
+            None => return Some(default),
+            Some(Value::Float(f)) => f,
+            Some(Value::Integer(i)) => i as f64,
+            Some(other) => {
+                self.error(
+                    &Self::key(path, key),
+                    format!("must be a number like 0.9, found {}", other.type_str()),
+                );
+                return None;
+            }
+        };
+        if value > 0.0 && value <= 1.0 {
+            Some(value)
+        } else {
+            self.error(
+                &Self::key(path, key),
+                format!("{value} is not a fraction in (0, 1]"),
+            );
+            None
+        }
+    }
+
     /// A humantime duration ("90s", "5m"); `Some(default)` when absent, `None` when invalid.
     fn duration(
         &mut self,
@@ -596,12 +738,61 @@ mod tests {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             data_dir: Some("/tmp/x".into()),
             upstream_url: Some("http://127.0.0.1:9/".parse().unwrap()),
+            max_size: Some(1000),
         };
         let c = load(DEFAULT_TOML, "default", &overrides, &FakeSecrets::default()).unwrap();
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.default_upstream().url.as_str(), "http://127.0.0.1:9/");
         assert_eq!(c.default_upstream().name, "registry.k8s.io");
+        assert_eq!(c.eviction.max_size, 1000);
+    }
+
+    #[test]
+    fn the_budget_has_defaults_human_sizes_and_checked_watermarks() {
+        let c = load_str(DEFAULT_TOML).unwrap();
+        assert_eq!(c.eviction.max_size, DEFAULT_MAX_SIZE);
+        assert_eq!(
+            (c.eviction.high_watermark, c.eviction.low_watermark),
+            (0.95, 0.85)
+        );
+        assert_eq!(c.eviction.interval, Duration::from_secs(30));
+
+        let base = "[server]\nlisten='127.0.0.1:1'\n[[upstream]]\nname='registry.k8s.io'\nurl='http://a'\naliases=['k8s.gcr.io']\n";
+        let good = format!(
+            "{base}[storage]\ndata_dir='d'\nmax_size='1.5 GiB'\nhigh_watermark=0.9\nlow_watermark=0.5\nevict_interval='1m'\npins=['k8s.gcr.io/pause:*','registry.k8s.io/coredns/*']\n"
+        );
+        let c = load_str(&good).unwrap();
+        assert_eq!(c.eviction.max_size, 1536 * 1024 * 1024);
+        let budget = c.eviction.budget();
+        assert_eq!(budget.low, budget.max_size / 2);
+        let pins: Vec<String> = c.eviction.pins.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            pins,
+            ["registry.k8s.io/pause:*", "registry.k8s.io/coredns/*"]
+        );
+
+        let bad = format!(
+            "{base}[storage]\ndata_dir='d'\nmax_size='lots'\nhigh_watermark=1.5\nlow_watermark='x'\nevict_interval='0s'\npins=['docker.io/x', 'nohost']\nmaxsize='1G'\n"
+        );
+        let err = load_str(&bad).unwrap_err();
+        let found = keys(&err);
+        for want in [
+            "storage.max_size",
+            "storage.high_watermark",
+            "storage.low_watermark",
+            "storage.evict_interval",
+            "storage.pins[0]",
+            "storage.pins[1]",
+            "storage.maxsize",
+        ] {
+            assert!(found.contains(&want), "missing {want} in {found:?}");
+        }
+        let inverted = format!(
+            "{base}[storage]\ndata_dir='d'\nmax_size='0'\nhigh_watermark=0.5\nlow_watermark=0.6\n"
+        );
+        let err = load_str(&inverted).unwrap_err();
+        assert_eq!(keys(&err), ["storage.max_size", "storage.low_watermark"]);
     }
 
     #[test]

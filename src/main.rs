@@ -2,12 +2,14 @@
 //! the process lifetime. It is the only place that prints errors for the user
 //! and chooses the exit code; all work happens in the library.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use regcache::config::{self, Overrides, ProcessSecrets};
+use regcache::ops;
 use tracing_subscriber::EnvFilter;
 use url::Url;
 
@@ -27,6 +29,58 @@ struct Cli {
 enum Command {
     /// Serve the registry API (read-only OCI Distribution pull API).
     Serve(ServeArgs),
+    /// List cached content: upstream, repository, tag, digest, size, last access.
+    Ls(LsArgs),
+    /// Show disk usage against the budget, counts, pinned bytes and the running
+    /// server's hit/miss counters.
+    Stats(StatsArgs),
+    /// Evict least recently used unpinned content now (to the low watermark, or
+    /// to --to SIZE).
+    Gc(GcArgs),
+    /// Re-hash every cached file; report and remove corrupt ones (exit status 1
+    /// if any were found).
+    Verify(DataArgs),
+}
+
+/// Where the operator commands find the data directory. They are safe to run
+/// while `regcache serve` uses it.
+#[derive(Debug, clap::Args)]
+struct DataArgs {
+    /// Configuration file (TOML), as for `serve`; its `storage.data_dir`
+    /// (and budget and pins) apply.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory, overriding `storage.data_dir`.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct LsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print a JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct GcArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Evict down to this many bytes of content (e.g. 10GiB) instead of the
+    /// configured low watermark.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    to: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,6 +102,17 @@ struct ServeArgs {
     /// (e.g. http://127.0.0.1:5001 for a local registry).
     #[arg(long, value_name = "URL")]
     upstream: Option<Url>,
+    /// Disk budget for cached content, overriding `storage.max_size`
+    /// (e.g. 50GiB, 500MB; least recently used content is evicted past it).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_size: Option<u64>,
+}
+
+/// A human size ("50GiB", "500MB", "1048576") in bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
 }
 
 fn main() -> ExitCode {
@@ -55,6 +120,22 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Ls(args) => done(operate(&args.data, |rt, config, out| {
+            rt.block_on(ops::ls::run(&config.data_dir, args.json, out))
+        })),
+        Command::Stats(args) => done(operate(&args.data, |rt, config, out| {
+            rt.block_on(ops::stats::run(config, args.json, out))
+        })),
+        Command::Gc(args) => done(operate(&args.data, |rt, config, out| {
+            rt.block_on(ops::gc::run(config, args.to, out)).map(drop)
+        })),
+        Command::Verify(args) => match operate(&args, |rt, config, out| {
+            rt.block_on(ops::verify::run(&config.data_dir, out))
+        }) {
+            Ok(report) if report.failed() => ExitCode::FAILURE,
+            Ok(_) => ExitCode::SUCCESS,
+            Err(code) => code,
+        },
     }
 }
 
@@ -102,6 +183,70 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         listen: args.listen,
         data_dir: args.data.clone(),
         upstream_url: args.upstream.clone(),
+        max_size: args.max_size,
+    };
+    config::load(&text, &source, &overrides, &ProcessSecrets).map_err(|e| e.to_string())
+}
+
+/// Runs an operator command with a current-thread runtime and stdout as its
+/// output. `Err` is the exit status: 2 for a bad configuration, 1 for a failure;
+/// a closed stdout (`regcache ls | head`) is not a failure.
+fn operate<T: Default>(
+    args: &DataArgs,
+    command: impl FnOnce(&tokio::runtime::Runtime, &config::Config, &mut dyn Write) -> anyhow::Result<T>,
+) -> Result<T, ExitCode> {
+    let config = load_data_config(args).map_err(|message| {
+        eprintln!("regcache: {message}");
+        ExitCode::from(2)
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("regcache: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match command(&runtime, &config, &mut out) {
+        Ok(value) => Ok(value),
+        Err(e) if is_broken_pipe(&e) => Ok(T::default()),
+        Err(e) => {
+            eprintln!("regcache: {e:#}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The exit status of a command that reports nothing beyond success.
+fn done(result: Result<(), ExitCode>) -> ExitCode {
+    result.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The configuration for an operator command: `--config` (or the embedded
+/// default) with `--data` applied, like `serve`.
+fn load_data_config(args: &DataArgs) -> Result<config::Config, String> {
+    let (text, source) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            (text, path.display().to_string())
+        }
+        None => (
+            config::DEFAULT_TOML.to_owned(),
+            "the embedded default configuration".to_owned(),
+        ),
+    };
+    let overrides = Overrides {
+        data_dir: args.data.clone(),
+        ..Overrides::default()
     };
     config::load(&text, &source, &overrides, &ProcessSecrets).map_err(|e| e.to_string())
 }

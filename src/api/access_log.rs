@@ -1,24 +1,31 @@
 //! The access log: one line per request with method, path, status, bytes sent,
 //! cache outcome and duration, written when the response body has been sent (or
 //! abandoned), so streamed blobs are logged with their real size and time.
-//! It only observes: it never changes a response.
+//! It only observes: it never changes a response. The same records feed the
+//! per-outcome [`Counters`] behind `regcache stats`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::error::LoggedError;
+use crate::ops::server_stats::Counters;
 use crate::registry::Outcome;
 
 /// Middleware: wraps the response body so the line is written when it ends.
-pub async fn log_requests(request: Request, next: Next) -> Response {
+pub async fn log_requests(
+    State(counters): State<Arc<Counters>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path_and_query().map_or_else(
@@ -36,6 +43,7 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
             .get::<LoggedError>()
             .map(|e| e.0.clone()),
         started,
+        counters,
     };
     let (parts, body) = response.into_parts();
     let content_length = parts
@@ -59,6 +67,7 @@ struct Record {
     outcome: Option<&'static str>,
     error: Option<String>,
     started: Instant,
+    counters: Arc<Counters>,
 }
 
 impl Record {
@@ -66,6 +75,7 @@ impl Record {
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let outcome = self.outcome.unwrap_or("-");
         let error = self.error.as_deref().or(failure).unwrap_or("");
+        self.counters.record(self.outcome, bytes);
         tracing::info!(
             target: "regcache::access",
             method = %self.method,

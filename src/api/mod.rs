@@ -27,17 +27,21 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub use endpoint::Endpoint;
 pub use error::ApiError;
 
+use crate::ops::server_stats::Counters;
 use crate::registry::Registry;
 
-/// The router for `registry`.
-pub fn router(registry: Arc<Registry>) -> Router {
+/// The router for `registry`; every finished request is counted in `counters`.
+pub fn router(registry: Arc<Registry>, counters: Arc<Counters>) -> Router {
     Router::new()
         .route("/v2", any(version_check))
         .route("/v2/", any(version_check))
         .route("/v2/{*rest}", any(dispatch))
         .fallback(|| async { ApiError::not_found() })
         .with_state(registry)
-        .layer(axum::middleware::from_fn(access_log::log_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            counters,
+            access_log::log_requests,
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),

@@ -38,6 +38,19 @@ pub enum Error {
         known: usize,
     },
 
+    /// An operator command found a schema older than this build's: `regcache serve`
+    /// migrates it at start-up; commands that may run beside a server never do.
+    #[error(
+        "index {} has schema version {found}, older than the {known} this build knows; \
+         start `regcache serve` once to migrate it",
+        path.display()
+    )]
+    SchemaTooOld {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+
     /// The file system could not give us WAL, which concurrent readers rely on.
     #[error("index {}: journal_mode is {mode:?}, but WAL is required", path.display())]
     NotWal { path: PathBuf, mode: String },

@@ -35,6 +35,22 @@ pub(super) fn run(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     tx.commit().map_err(sqlite)
 }
 
+/// Checks, without changing anything, that the database has exactly the schema this
+/// build knows: operator commands never migrate a file a running server may use.
+pub(super) fn check_current(conn: &Connection, path: &Path) -> Result<(), Error> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| Error::from_sqlite("check schema", path, e))?;
+    if applied_count(found, path)? < MIGRATIONS.len() {
+        return Err(Error::SchemaTooOld {
+            path: path.to_path_buf(),
+            found,
+            known: MIGRATIONS.len(),
+        });
+    }
+    Ok(())
+}
+
 /// How many of `MIGRATIONS` a database at `user_version = found` already has.
 fn applied_count(found: i64, path: &Path) -> Result<usize, Error> {
     let applied = usize::try_from(found).map_err(|_| Error::Corrupt {

@@ -11,7 +11,9 @@
 mod columns;
 mod db;
 mod error;
+mod lru;
 mod migrate;
+mod ops;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use error::Error;
+pub use lru::{LruRow, TagLink};
+pub use ops::{Access, ListingRow, Summary};
 
 use crate::oci::{Digest, RepoName, Tag};
 use columns::{time_from_millis, unix_millis, unix_seconds};
@@ -90,12 +94,14 @@ impl Index {
 
     /// Records committed content (or refreshes its row: media type if newly known,
     /// access time) and links it to `repo` of `upstream`, in one transaction.
+    /// Returns whether the row is new (false: the content was already indexed),
+    /// which the disk budget's accounting needs.
     pub async fn insert_content(
         &self,
         row: &ContentRow,
         upstream: &str,
         repo: &RepoName,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let size = i64::try_from(row.size).map_err(|_| Error::SizeOutOfRange(row.size))?;
         let row = row.clone();
         let (upstream, repo) = (upstream.to_owned(), repo.as_str().to_owned());
@@ -109,10 +115,15 @@ impl Index {
                           size = excluded.size, \
                           media_type = coalesce(excluded.media_type, content.media_type), \
                           last_access = excluded.last_access";
+            let exists = "SELECT EXISTS (SELECT 1 FROM content WHERE digest = ?1)";
+            let existed: bool = tx
+                .prepare_cached(exists)?
+                .query_row([&row.digest], |r| r.get(0))?;
             tx.prepare_cached(upsert)?
                 .execute(params![row.digest, size, row.media_type, now])?;
             insert_link(&tx, &upstream, &repo, &row.digest)?;
-            tx.commit()
+            tx.commit()?;
+            Ok(!existed)
         })
         .await
     }

@@ -6,12 +6,15 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use http::Method;
 use tokio::sync::watch;
 
-use super::fill::{FileReader, Fill, FillError, FillGuard, FillOwner, FillState};
+use super::fill::{FileReader, Fill, FillError, FillGuard, FillOwner, FillState, Started};
+use super::passthrough::PassThrough;
 use super::{Error, Outcome, Registry, Route};
+use crate::evict::{Admission, Evictor};
 use crate::index::ContentRow;
 use crate::oci::{Digest, RepoName};
 use crate::store;
@@ -27,9 +30,16 @@ pub struct BlobReply {
     pub body: Option<BlobBody>,
 }
 
-/// The bytes of a blob, read lazily from a committed file or a fill in progress.
+/// The bytes of a blob, read lazily from a committed file, a fill in progress,
+/// or (not cached) the upstream body itself.
 #[derive(Debug)]
-pub struct BlobBody(FileReader);
+pub struct BlobBody(Source);
+
+#[derive(Debug)]
+enum Source {
+    File(FileReader),
+    Upstream(PassThrough),
+}
 
 impl BlobBody {
     /// Streams bytes `start..end` (end exclusive). A failure (a fill that fails
@@ -39,7 +49,10 @@ impl BlobBody {
         start: u64,
         end: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        self.0.range(start, end).into_stream()
+        match self.0 {
+            Source::File(reader) => Either::Left(reader.range(start, end).into_stream()),
+            Source::Upstream(body) => Either::Right(body.range(start, end)),
+        }
     }
 }
 
@@ -54,12 +67,18 @@ impl Registry {
     ) -> Result<BlobReply, Error> {
         if let Some(size) = self.local_blob_size(digest).await? {
             let outcome = self.ensure_blob_linked(route, repo, digest).await?;
+            self.evictor.touch(digest);
             if head {
                 return Ok(reply(digest, Some(size), outcome, None));
             }
             if let Some((file, len)) = self.store.open_blob(digest).await? {
                 let reader = FileReader::complete(file.into_std().await, len);
-                return Ok(reply(digest, Some(len), outcome, Some(reader)));
+                return Ok(reply(
+                    digest,
+                    Some(len),
+                    outcome,
+                    Some(Source::File(reader)),
+                ));
             }
             // Indexed but gone from disk: forget it and fetch it again.
             tracing::warn!(%digest, "indexed blob missing from the store; refetching");
@@ -141,6 +160,7 @@ impl Registry {
                     store: self.store.clone(),
                     index: self.index.clone(),
                     cache: self.cache.clone(),
+                    evictor: Arc::clone(&self.evictor),
                 };
                 tokio::spawn(job.run(guard, progress));
             });
@@ -148,13 +168,36 @@ impl Registry {
             // The bytes are being fetched for another repository.
             self.confirm_joined_fill(route, repo, digest, &fill).await?;
         }
-        let (size, reader) = fill.wait_started().await?;
-        let outcome = if started {
-            Outcome::Miss
-        } else {
-            Outcome::Follow
+        let (size, source, outcome) = match fill.wait_started().await? {
+            (size, Started::File(reader)) if started => (size, Source::File(reader), Outcome::Miss),
+            (size, Started::File(reader)) => (size, Source::File(reader), Outcome::Follow),
+            (size, Started::PassThrough(body)) => (size, Source::Upstream(body), Outcome::Pass),
+            (_, Started::Taken) => return self.pass_through(route, repo, digest).await,
         };
-        Ok(reply(digest, size, outcome, Some(reader)))
+        Ok(reply(digest, size, outcome, Some(source)))
+    }
+
+    /// A blob that is not cached, streamed from the upstream to this client only:
+    /// for a request that joined a fill passing its body through to another.
+    async fn pass_through(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobReply, Error> {
+        let response = route
+            .client
+            .blob(Method::GET, repo, digest, None)
+            .await
+            .map_err(|e| Error::from_upstream(route.name(), e, Error::BlobUnknown))?;
+        let size = response.content_length();
+        let body = PassThrough::new(response.into_stream(), digest.clone(), size);
+        Ok(reply(
+            digest,
+            size,
+            Outcome::Pass,
+            Some(Source::Upstream(body)),
+        ))
     }
 
     /// `repo` joins a fill started for another repository: the upstream must
@@ -197,13 +240,13 @@ fn reply(
     digest: &Digest,
     size: Option<u64>,
     outcome: Outcome,
-    reader: Option<FileReader>,
+    source: Option<Source>,
 ) -> BlobReply {
     BlobReply {
         digest: digest.clone(),
         size,
         outcome,
-        body: reader.map(BlobBody),
+        body: source.map(BlobBody),
     }
 }
 
@@ -217,6 +260,7 @@ struct FillJob {
     store: store::Store,
     index: crate::index::Index,
     cache: crate::cache::Cache,
+    evictor: Arc<Evictor>,
 }
 
 impl FillJob {
@@ -244,6 +288,24 @@ impl FillJob {
             .await
             .map_err(|e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown))?;
         let size = response.content_length();
+        // Room on disk before the first byte is written (or no caching at all).
+        let admission = self.evictor.reserve(size.unwrap_or(0)).await;
+        let mut reservation = match admission {
+            Admission::Reserved(reservation) => reservation,
+            Admission::TooLarge | Admission::NoRoom => {
+                let max_size = self.evictor.budget().max_size;
+                if matches!(admission, Admission::TooLarge) {
+                    tracing::info!(digest = %self.digest, repo = %self.repo, size, max_size, "blob larger than the cache budget; streaming without caching");
+                } else {
+                    tracing::warn!(digest = %self.digest, repo = %self.repo, size, max_size, "no room in the cache budget (pinned content and fills in flight hold it); streaming without caching");
+                }
+                let body = PassThrough::new(response.into_stream(), self.digest.clone(), size);
+                return Ok(FillState::PassThrough {
+                    size,
+                    body: Arc::new(std::sync::Mutex::new(Some(body))),
+                });
+            }
+        };
         let mut writer = self.store.writer(self.digest.clone()).await?;
         let file = std::sync::Arc::new(std::fs::File::open(writer.temp_path())?);
         progress.send_replace(FillState::Streaming {
@@ -255,6 +317,11 @@ impl FillJob {
         while let Some(chunk) = body.next().await {
             let chunk = chunk
                 .map_err(|e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown))?;
+            if size.is_none() && !reservation.grow(chunk.len() as u64).await {
+                return Err(Error::BadContent(
+                    "a blob without Content-Length outgrew the cache budget".into(),
+                ));
+            }
             writer.write(&chunk).await?;
             let written = writer.written();
             if size.is_some_and(|size| written > size) {
@@ -268,15 +335,20 @@ impl FillJob {
                 }
             });
         }
+        // Eviction leaves this digest alone from the rename until the row exists.
+        let commit_guard = self.evictor.commit_guard(&self.digest).await;
         let size = writer.commit(size).await.map_err(mismatch_to_error)?;
         let row = ContentRow {
             digest: self.digest.clone(),
             size,
             media_type: None,
         };
-        self.index
+        let new_row = self
+            .index
             .insert_content(&row, &self.upstream_name, &self.repo)
             .await?;
+        reservation.commit(size, new_row);
+        drop(commit_guard);
         self.cache.set_blob_size(&self.digest, size).await;
         self.cache
             .set_linked(self.route_id, &self.repo, &self.digest)

@@ -20,6 +20,7 @@ use futures_util::Stream;
 use tokio::sync::watch;
 
 use super::Error;
+use super::passthrough::PassThrough;
 use crate::oci::{Digest, RepoName};
 
 /// Bytes read from a file per chunk sent to a client.
@@ -40,6 +41,24 @@ pub(crate) enum FillState {
     Committed { size: u64, file: Arc<std::fs::File> },
     /// The fill failed; nothing was cached.
     Failed(Arc<FillError>),
+    /// The blob is not cached (larger than the disk budget, or no room): the
+    /// upstream body goes to the first reader that takes it; later readers
+    /// fetch their own (see `registry::passthrough`).
+    PassThrough {
+        size: Option<u64>,
+        body: Arc<Mutex<Option<PassThrough>>>,
+    },
+}
+
+/// What a reader of a fill gets once the upstream has answered.
+#[derive(Debug)]
+pub(crate) enum Started {
+    /// The fill's file, growing or complete.
+    File(FileReader),
+    /// The upstream body itself: the fill passes it through uncached.
+    PassThrough(PassThrough),
+    /// The fill passes through and another reader took the body.
+    Taken,
 }
 
 /// Why a fill failed, kept in a form every reader can turn into its own error.
@@ -105,8 +124,8 @@ pub(crate) struct Fill {
 
 impl Fill {
     /// Waits until the upstream has answered: the blob's size (when the upstream
-    /// sent a Content-Length) and a reader, or the error to answer with.
-    pub(crate) async fn wait_started(&self) -> Result<(Option<u64>, FileReader), Error> {
+    /// sent a Content-Length) and what to read, or the error to answer with.
+    pub(crate) async fn wait_started(&self) -> Result<(Option<u64>, Started), Error> {
         let mut rx = self.progress.clone();
         loop {
             let started = match &*rx.borrow_and_update() {
@@ -114,11 +133,16 @@ impl Fill {
                 FillState::Streaming { size, file, .. } => Some((*size, Arc::clone(file))),
                 FillState::Committed { size, file } => Some((Some(*size), Arc::clone(file))),
                 FillState::Failed(e) => return Err(e.to_error()),
+                FillState::PassThrough { size, body } => {
+                    let taken = body.lock().expect("pass-through lock poisoned").take();
+                    let started = taken.map_or(Started::Taken, Started::PassThrough);
+                    return Ok((*size, started));
+                }
             };
             if let Some((size, file)) = started {
                 let reader =
                     FileReader::growing(file, size.unwrap_or(u64::MAX), self.progress.clone());
-                return Ok((size, reader));
+                return Ok((size, Started::File(reader)));
             }
             if rx.changed().await.is_err() {
                 return Err(abandoned().to_error());
@@ -310,6 +334,11 @@ impl FileReader {
                 }
                 FillState::Committed { size, .. } => break *size,
                 FillState::Failed(e) => return Err(io::Error::other(e.message.clone())),
+                // A fill passes through before it publishes a file: no reader of
+                // its file exists.
+                FillState::PassThrough { .. } => {
+                    return Err(io::Error::other("the fill passed its body through"));
+                }
                 FillState::Connecting => {}
             }
             if rx.changed().await.is_err() {

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::Method;
 
 use super::{Error, Outcome, Registry, Route};
+use crate::evict::Admission;
 use crate::index::ContentRow;
 use crate::oci::{Digest, MAX_MANIFEST_BYTES, Reference, RepoName, Tag, media_type};
 use crate::upstream;
@@ -35,10 +36,13 @@ impl Registry {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(Arc<Manifest>, Outcome), Error> {
-        match reference {
+        let answer = match reference {
             Reference::Digest(digest) => self.manifest_by_digest(route, repo, digest).await,
             Reference::Tag(tag) => self.manifest_by_tag(route, repo, tag).await,
-        }
+        }?;
+        // Served from memory or not, it is an access (LRU order for eviction).
+        self.evictor.touch(&answer.0.digest);
+        Ok(answer)
     }
 
     async fn manifest_by_digest(
@@ -233,16 +237,28 @@ impl Registry {
             .map_err(|e| Error::from_upstream(route.name(), e, Error::ManifestUnknown))?;
         let digest = verified_digest(reference, header_digest.as_ref(), &bytes)?;
         let media_type = manifest_media_type(content_type.as_deref(), &bytes);
+        let size = bytes.len() as u64;
+        let Admission::Reserved(reservation) = self.evictor.reserve(size).await else {
+            tracing::warn!(upstream = route.name(), %repo, %reference, %digest, size, "no room in the cache budget for a manifest; serving it without caching");
+            return Ok(Arc::new(Manifest {
+                digest,
+                media_type,
+                bytes,
+            }));
+        };
+        let commit_guard = self.evictor.commit_guard(&digest).await;
         self.store
             .put_small(&digest, &bytes)
             .await
             .map_err(super::blobs::mismatch_to_error)?;
         let row = ContentRow {
             digest: digest.clone(),
-            size: bytes.len() as u64,
+            size,
             media_type: Some(media_type.clone()),
         };
-        self.index.insert_content(&row, route.name(), repo).await?;
+        let new_row = self.index.insert_content(&row, route.name(), repo).await?;
+        reservation.commit(size, new_row);
+        drop(commit_guard);
         let manifest = Arc::new(Manifest {
             digest,
             media_type,

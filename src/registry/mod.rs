@@ -12,6 +12,7 @@ mod error;
 mod fill;
 mod manifests;
 mod outcome;
+mod passthrough;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use outcome::Outcome;
 
 use crate::cache::Cache;
 use crate::config::{Config, UpstreamConfig};
+use crate::evict::Evictor;
 use crate::index::Index;
 use crate::oci::{Digest, RepoName};
 use crate::store::Store;
@@ -59,6 +61,7 @@ pub struct Registry {
     cache: Cache,
     fills: Arc<Fills>,
     manifest_flights: manifests::Flights,
+    evictor: Arc<Evictor>,
 }
 
 impl Registry {
@@ -80,14 +83,28 @@ impl Registry {
                 })
             })
             .collect::<Result<_, crate::upstream::Error>>()?;
+        let cache = Cache::new();
+        let evictor = Arc::new(Evictor::new(
+            config.eviction.budget(),
+            config.eviction.pins(),
+            index.clone(),
+            store.clone(),
+            cache.clone(),
+        ));
         Ok(Self {
             routes,
             store,
             index,
-            cache: Cache::new(),
+            cache,
             fills: Arc::default(),
             manifest_flights: manifests::Flights::default(),
+            evictor,
         })
+    }
+
+    /// The disk budget's enforcer (load it before serving, spawn its task).
+    pub fn evictor(&self) -> &Arc<Evictor> {
+        &self.evictor
     }
 
     /// The upstream a request goes to: the one whose name or alias equals `ns`

@@ -12,6 +12,10 @@
 //!     <32 random hex>                 a fill in progress (`BlobWriter`); deleted at start-up
 //! ```
 //!
+//! The server opens the store with [`Store::open`] (which empties `tmp/`), then
+//! runs [`reconcile`]; operator commands use [`Store::attach`], which touches
+//! nothing, because a server may be filling into `tmp/` at that moment.
+//!
 //! A file appears under `blobs/` only by `rename` from `tmp/` after its size and
 //! digest were verified and it was fsynced, so a name under `blobs/` always holds
 //! exactly its content (bar disk corruption, which `reconcile` partly catches).
@@ -63,6 +67,48 @@ impl Store {
             blobs: blobs.into(),
             tmp: tmp.into(),
         })
+    }
+
+    /// Opens the store of a data directory that a running server may be using, for
+    /// operator commands: creates nothing and, unlike [`Store::open`], never sweeps
+    /// `tmp/` (those temp files may be the server's fills in progress).
+    pub fn attach(data_dir: &Path) -> Result<Store, Error> {
+        let blobs = data_dir.join("blobs");
+        let tmp = data_dir.join("tmp");
+        fs::metadata(&blobs).map_err(Error::io("open", &blobs))?;
+        Ok(Store {
+            blobs: blobs.into(),
+            tmp: tmp.into(),
+        })
+    }
+
+    /// Re-reads committed content and hashes it with its digest's algorithm,
+    /// streaming (constant memory). `None` if there is no such file. Blocking: call
+    /// it from `spawn_blocking`.
+    pub fn rehash_blocking(&self, digest: &Digest) -> Result<Option<Rehash>, Error> {
+        let path = self.blob_path(digest);
+        let mut file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path)(e)),
+        };
+        let mut hasher = crate::oci::Hasher::new(digest.algorithm());
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = match io::Read::read(&mut file, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", &path)(e)),
+            };
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(Some(Rehash {
+            actual: hasher.finish(),
+            size,
+        }))
     }
 
     /// Where committed content with this digest lives (whether or not it exists).
@@ -163,6 +209,13 @@ impl Store {
             Err(e) => Err(Error::io("remove", &path)(e)),
         }
     }
+}
+
+/// What a committed file hashes to now, and how long it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rehash {
+    pub actual: Digest,
+    pub size: u64,
 }
 
 /// Deletes everything in `tmp/`; returns how many entries it removed. Only safe

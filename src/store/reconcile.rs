@@ -1,14 +1,32 @@
 //! Start-up reconciliation of the index with the files under `blobs/`, after a
-//! crash, a disk problem or an operator deleting files. It drops index rows whose
-//! file is missing, and rows (and files) whose file has the wrong size. It must
-//! never delete a file that has a matching row, and runs before serving starts, so
-//! no reader or fill can be affected.
+//! crash (`kill -9` mid-fill, mid-eviction, mid-migration), a disk problem or an
+//! operator deleting files. It walks `blobs/` once and compares it with every
+//! index row, in one blocking task (a `spawn_blocking` per file would cost more
+//! than the `stat` itself; 100 000 files take a fraction of a second):
 //!
-//! Files without a row (a crash between rename and index insert) are left alone
-//! for now: they cost disk space but are harmless, and will be collected by a later
-//! orphan sweep (tracked as its own issue).
+//! - a row whose file is missing: the row is dropped (an eviction that deleted
+//!   the file but whose row deletion was lost, or an operator's `rm`);
+//! - a row whose file has another size: row and file are dropped;
+//! - a file without a row (a crash between the rename into `blobs/` and the index
+//!   insert, or a row lost on power failure): the file is re-hashed; if it hashes
+//!   to its name it is **adopted** (a row with its size, no media type, no
+//!   repository link), otherwise deleted. Adopting is always worth it: the bytes
+//!   were verified and fsynced before the rename, re-hashing costs one read, and a
+//!   later pull then needs at most an upstream HEAD (blobs: to confirm the
+//!   repository) or a manifest GET, instead of re-downloading a layer. Without a
+//!   media type a manifest is not served as one until it is fetched again, which
+//!   also restores its media type;
+//! - anything under `blobs/` whose path is not `<alg>/<2 hex>/<hex of a digest>`
+//!   is left alone and reported: regcache did not write it, so it does not delete it.
+//!
+//! Index rows go first, then files, so a crash half-way leaves at worst an
+//! unindexed file, which the next start adopts. It must never delete a file that
+//! has a matching row, and runs before serving starts (after `Store::open` swept
+//! `tmp/`), so no reader or fill can be affected. Operator commands never call it.
 
-use std::io;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
 
 use super::{Error, Store};
 use crate::index::{ContentRow, Index};
@@ -19,10 +37,18 @@ use crate::oci::Digest;
 pub struct ReconcileReport {
     /// Index rows examined.
     pub rows_checked: usize,
+    /// Files found under `blobs/` (with a digest name).
+    pub files_checked: usize,
     /// Rows dropped because their file was missing.
     pub missing_files: Vec<Digest>,
     /// Rows dropped and files removed because the file size differed from the row.
     pub wrong_size: Vec<Digest>,
+    /// Files without a row that hashed to their name and were indexed.
+    pub adopted: Vec<Digest>,
+    /// Files without a row that did not hash to their name, deleted.
+    pub corrupt_orphans: Vec<Digest>,
+    /// Paths under `blobs/` that are not content regcache writes; left alone.
+    pub ignored: Vec<PathBuf>,
 }
 
 /// What is wrong with an indexed row's file.
@@ -31,16 +57,34 @@ enum Problem {
     WrongSize,
 }
 
-/// Drops index rows whose file is missing or has the wrong size (removing such a
-/// file too: it cannot hold the content its name promises). Index rows go first,
-/// then files, so a crash half-way leaves at worst an unindexed file.
+/// Everything the blocking walk found.
+#[derive(Default)]
+struct Findings {
+    files: usize,
+    problems: Vec<(ContentRow, Problem)>,
+    adoptable: Vec<ContentRow>,
+    corrupt_orphans: Vec<Digest>,
+    ignored: Vec<PathBuf>,
+}
+
+/// Brings index and disk into agreement (see the module documentation).
 pub async fn reconcile(store: &Store, index: &Index) -> Result<ReconcileReport, Error> {
     let rows = index.all_content().await?;
+    let rows_checked = rows.len();
+    let findings = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || examine(&store, rows)).await??
+    };
     let mut report = ReconcileReport {
-        rows_checked: rows.len(),
+        rows_checked,
+        files_checked: findings.files,
+        ignored: findings.ignored,
         ..ReconcileReport::default()
     };
-    for (row, problem) in find_problems(store, rows).await? {
+    for path in &report.ignored {
+        tracing::warn!(path = %path.display(), "not content regcache writes; left alone");
+    }
+    for (row, problem) in findings.problems {
         index.remove_content(&row.digest).await?;
         match problem {
             Problem::Missing => {
@@ -54,37 +98,114 @@ pub async fn reconcile(store: &Store, index: &Index) -> Result<ReconcileReport, 
             }
         }
     }
+    if !findings.adoptable.is_empty() {
+        report.adopted = findings
+            .adoptable
+            .iter()
+            .map(|r| r.digest.clone())
+            .collect();
+        index.adopt(findings.adoptable).await?;
+        tracing::info!(
+            count = report.adopted.len(),
+            "adopted unindexed files that hash to their names"
+        );
+    }
+    for digest in findings.corrupt_orphans {
+        tracing::warn!(%digest, "unindexed file does not hash to its name; deleted");
+        store.remove(&digest).await?;
+        report.corrupt_orphans.push(digest);
+    }
     Ok(report)
 }
 
-/// Stats every row's file in one blocking task (one `spawn_blocking` per file would
-/// cost more than the `stat` itself) and keeps only the rows with a problem.
-async fn find_problems(
-    store: &Store,
-    rows: Vec<ContentRow>,
-) -> Result<Vec<(ContentRow, Problem)>, Error> {
-    let store = store.clone();
-    let task = move || {
-        let mut problems = Vec::new();
-        for row in rows {
-            if let Some(problem) = problem_of(&store, &row)? {
-                problems.push((row, problem));
-            }
+/// Walks `blobs/` once, matches files with rows and re-hashes the orphans.
+fn examine(store: &Store, rows: Vec<ContentRow>) -> Result<Findings, Error> {
+    let mut findings = Findings::default();
+    let files = walk(&store.blobs, &mut findings.ignored)?;
+    findings.files = files.len();
+    let indexed: HashSet<Digest> = rows.iter().map(|r| r.digest.clone()).collect();
+    for row in rows {
+        match files.get(&row.digest) {
+            Some(&size) if size == row.size => {}
+            Some(_) => findings.problems.push((row, Problem::WrongSize)),
+            None => findings.problems.push((row, Problem::Missing)),
         }
-        Ok(problems)
-    };
-    tokio::task::spawn_blocking(task).await?
+    }
+    for (digest, size) in files {
+        if indexed.contains(&digest) {
+            continue;
+        }
+        match store.rehash_blocking(&digest)? {
+            Some(rehash) if rehash.actual == digest && rehash.size == size => {
+                findings.adoptable.push(ContentRow {
+                    digest,
+                    size,
+                    media_type: None,
+                });
+            }
+            Some(_) => findings.corrupt_orphans.push(digest),
+            // Gone since the walk: nothing to adopt or delete.
+            None => {}
+        }
+    }
+    findings.adoptable.sort_by(|a, b| a.digest.cmp(&b.digest));
+    findings.corrupt_orphans.sort();
+    Ok(findings)
 }
 
-fn problem_of(store: &Store, row: &ContentRow) -> Result<Option<Problem>, Error> {
-    let path = store.blob_path(&row.digest);
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_file() && meta.len() == row.size => Ok(None),
-        Ok(_) => Ok(Some(Problem::WrongSize)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(Problem::Missing)),
-        // Anything else (permissions, I/O errors) says nothing about the content:
-        // dropping rows on it could empty the index, so stop instead.
-        Err(e) => Err(Error::io("stat", &path)(e)),
+/// Every regular file at `<alg>/<2 hex>/<hex>` whose name makes a digest in the
+/// right shard, with its size; anything else goes to `ignored`.
+fn walk(blobs: &Path, ignored: &mut Vec<PathBuf>) -> Result<HashMap<Digest, u64>, Error> {
+    let mut files = HashMap::new();
+    for alg in list(blobs)? {
+        let Some(alg_name) = dir_name(&alg, ignored) else {
+            continue;
+        };
+        for shard in list(&alg)? {
+            let Some(shard_name) = dir_name(&shard, ignored) else {
+                continue;
+            };
+            for entry in fs::read_dir(&shard).map_err(Error::io("list", &shard))? {
+                let entry = entry.map_err(Error::io("list", &shard))?;
+                let path = entry.path();
+                let meta = entry.metadata().map_err(Error::io("stat", &path))?;
+                let digest = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|hex| format!("{alg_name}:{hex}").parse::<Digest>().ok())
+                    .filter(|d| d.hex().starts_with(&shard_name) && shard_name.len() == 2);
+                match digest {
+                    Some(digest) if meta.is_file() => {
+                        files.insert(digest, meta.len());
+                    }
+                    _ => ignored.push(path),
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The entries of a directory, sorted (for stable reports).
+fn list(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir).map_err(Error::io("list", dir))? {
+        paths.push(entry.map_err(Error::io("list", dir))?.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// The UTF-8 name of `path` if it is a directory (not following symlinks);
+/// otherwise records it as ignored.
+fn dir_name(path: &Path, ignored: &mut Vec<PathBuf>) -> Option<String> {
+    let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(name) if is_dir => Some(name.to_owned()),
+        _ => {
+            ignored.push(path.to_path_buf());
+            None
+        }
     }
 }
 
@@ -109,11 +230,16 @@ mod tests {
         digest
     }
 
+    fn open(dir: &Path) -> (Store, Index) {
+        let store = Store::open(dir).unwrap();
+        let index = Index::open(&dir.join("index.db")).unwrap();
+        (store, index)
+    }
+
     #[tokio::test]
     async fn drops_rows_without_files_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let (store, index) = open(dir.path());
         let kept = put(&store, &index, b"kept").await;
         let lost = put(&store, &index, b"lost").await;
         let truncated = put(&store, &index, b"truncated").await;
@@ -124,8 +250,10 @@ mod tests {
 
         let want = ReconcileReport {
             rows_checked: 3,
+            files_checked: 2,
             missing_files: vec![lost],
             wrong_size: vec![truncated.clone()],
+            ..ReconcileReport::default()
         };
         assert_eq!(report, want);
         assert_eq!(
@@ -137,16 +265,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unindexed_files_are_left_alone() {
+    async fn orphans_are_adopted_if_they_hash_to_their_name_else_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let (store, index) = open(dir.path());
+        let indexed = put(&store, &index, b"indexed").await;
         let orphan = Digest::sha256_of(b"orphan");
         store.put_small(&orphan, b"orphan").await.unwrap();
+        // A file whose bytes changed after it was committed, with no row.
+        let damaged = Digest::sha256_of(b"damaged");
+        store.put_small(&damaged, b"damaged").await.unwrap();
+        std::fs::write(store.blob_path(&damaged), b"DAMAGED").unwrap();
+        // Not content regcache writes: left alone.
+        let stray = dir.path().join("blobs/sha256/README");
+        std::fs::write(&stray, b"hi").unwrap();
+        let wrong_shard = dir.path().join("blobs/sha256/00").join(orphan.hex());
+        std::fs::create_dir_all(wrong_shard.parent().unwrap()).unwrap();
+        std::fs::write(&wrong_shard, b"orphan").unwrap();
 
         let report = reconcile(&store, &index).await.unwrap();
 
-        assert_eq!(report, ReconcileReport::default());
-        assert!(store.blob_path(&orphan).exists());
+        let want = ReconcileReport {
+            rows_checked: 1,
+            files_checked: 3,
+            adopted: vec![orphan.clone()],
+            corrupt_orphans: vec![damaged.clone()],
+            ignored: vec![wrong_shard.clone(), stray.clone()],
+            ..ReconcileReport::default()
+        };
+        assert_eq!(report, want);
+        let row = index.content(&orphan).await.unwrap().unwrap();
+        assert_eq!((row.size, row.media_type), (6, None));
+        let mut want_digests = vec![indexed, orphan.clone()];
+        want_digests.sort();
+        assert_eq!(index.all_digests().await.unwrap(), want_digests);
+        assert!(!store.blob_path(&damaged).exists());
+        assert!(stray.exists() && wrong_shard.exists());
+        // Adopted content is linked to no repository.
+        let app = "app".parse().unwrap();
+        assert!(!index.is_linked(UP, &app, &orphan).await.unwrap());
+
+        // A second pass finds nothing left to do.
+        let again = reconcile(&store, &index).await.unwrap();
+        assert_eq!((again.adopted.len(), again.corrupt_orphans.len()), (0, 0));
+        assert_eq!((again.rows_checked, again.files_checked), (2, 2));
     }
 }

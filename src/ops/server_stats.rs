@@ -1,0 +1,246 @@
+//! Request counters of a running server, for `regcache stats`. The access log
+//! counts every finished request by cache outcome ([`Counters`]); the server
+//! writes them with its pid and start time to `<data>/server-stats.json` when it
+//! starts listening, every few seconds if they changed, and at shutdown, atomically (temp file + rename, so a reader never
+//! sees half a file). `stats` shows them only while that pid is alive; counters
+//! start at zero with every server start. No fsync: the numbers are ephemeral.
+//!
+//! It must never block a request: counting is a few relaxed atomic adds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The file name under the data directory.
+pub const FILE_NAME: &str = "server-stats.json";
+
+/// Outcome names as logged (`registry::Outcome::as_str`), and `none` for
+/// requests without one (the version check, errors before a cache decision).
+const OUTCOMES: [&str; 8] = [
+    "hit",
+    "miss",
+    "follow",
+    "confirmed",
+    "revalidated",
+    "stale",
+    "pass",
+    "none",
+];
+
+/// Requests and bytes sent since the server started, by outcome.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: [AtomicU64; OUTCOMES.len()],
+    bytes: [AtomicU64; OUTCOMES.len()],
+}
+
+impl Counters {
+    /// Counts one finished request (`outcome` as in the access log).
+    pub fn record(&self, outcome: Option<&str>, bytes: u64) {
+        let slot = outcome
+            .and_then(|o| OUTCOMES.iter().position(|name| *name == o))
+            .unwrap_or(OUTCOMES.len() - 1);
+        self.requests[slot].fetch_add(1, Ordering::Relaxed);
+        self.bytes[slot].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The current values, by outcome name.
+    pub fn snapshot(&self) -> BTreeMap<String, OutcomeCount> {
+        OUTCOMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let count = OutcomeCount {
+                    requests: self.requests[i].load(Ordering::Relaxed),
+                    bytes: self.bytes[i].load(Ordering::Relaxed),
+                };
+                ((*name).to_owned(), count)
+            })
+            .collect()
+    }
+}
+
+/// Requests answered with one outcome, and the body bytes sent for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCount {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+/// The contents of `server-stats.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    pub pid: u32,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub updated_at: u64,
+    pub outcomes: BTreeMap<String, OutcomeCount>,
+}
+
+/// Writes the counters of this process to `<data>/server-stats.json`.
+#[derive(Clone, Debug)]
+pub struct StatsWriter {
+    path: PathBuf,
+    temp: PathBuf,
+    pid: u32,
+    started_at: u64,
+    counters: Arc<Counters>,
+}
+
+impl StatsWriter {
+    pub fn new(data_dir: &Path, counters: Arc<Counters>) -> Self {
+        Self {
+            path: data_dir.join(FILE_NAME),
+            temp: data_dir.join(format!(".{FILE_NAME}.tmp")),
+            pid: std::process::id(),
+            started_at: unix_seconds(SystemTime::now()),
+            counters,
+        }
+    }
+
+    /// Writes the file now (temp file, then rename over the old one).
+    pub async fn write(&self) -> std::io::Result<()> {
+        self.write_snapshot(self.counters.snapshot()).await
+    }
+
+    async fn write_snapshot(
+        &self,
+        outcomes: BTreeMap<String, OutcomeCount>,
+    ) -> std::io::Result<()> {
+        let stats = ServerStats {
+            pid: self.pid,
+            started_at: self.started_at,
+            updated_at: unix_seconds(SystemTime::now()),
+            outcomes,
+        };
+        let json = serde_json::to_vec_pretty(&stats).map_err(std::io::Error::other)?;
+        tokio::fs::write(&self.temp, json).await?;
+        tokio::fs::rename(&self.temp, &self.path).await
+    }
+
+    /// Every `every`, rewrites the file if the counters changed, until the task is
+    /// dropped. A failed write is logged and retried next time: statistics never
+    /// stop the server.
+    pub async fn run(self, every: Duration) {
+        let start = tokio::time::Instant::now() + every;
+        let mut ticker = tokio::time::interval_at(start, every);
+        let mut written = None;
+        loop {
+            ticker.tick().await;
+            let snapshot = self.counters.snapshot();
+            if written.as_ref() == Some(&snapshot) {
+                continue;
+            }
+            match self.write_snapshot(snapshot.clone()).await {
+                Ok(()) => written = Some(snapshot),
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot write server statistics");
+                }
+            }
+        }
+    }
+}
+
+/// What `stats` knows about the server on a data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// The file names a live process.
+    Running(ServerStats),
+    /// No file, or its pid is gone (a stopped or killed server).
+    NotRunning,
+}
+
+/// Reads `<data>/server-stats.json` and checks its pid is alive (`/proc/<pid>`
+/// exists; a recycled pid would show stale numbers until the next server start).
+pub fn read(data_dir: &Path) -> anyhow::Result<ServerState> {
+    let path = data_dir.join(FILE_NAME);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ServerState::NotRunning),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    let stats: ServerStats = serde_json::from_slice(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a statistics file: {e}", path.display()))?;
+    if Path::new(&format!("/proc/{}", stats.pid)).exists() {
+        Ok(ServerState::Running(stats))
+    } else {
+        Ok(ServerState::NotRunning)
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_outcome_with_unknown_as_none() {
+        let counters = Counters::default();
+        counters.record(Some("hit"), 10);
+        counters.record(Some("hit"), 5);
+        counters.record(Some("miss"), 100);
+        counters.record(None, 2);
+        counters.record(Some("something new"), 1);
+        let snap = counters.snapshot();
+        let get = |name: &str| snap[name];
+        assert_eq!(
+            get("hit"),
+            OutcomeCount {
+                requests: 2,
+                bytes: 15
+            }
+        );
+        assert_eq!(
+            get("miss"),
+            OutcomeCount {
+                requests: 1,
+                bytes: 100
+            }
+        );
+        assert_eq!(
+            get("none"),
+            OutcomeCount {
+                requests: 2,
+                bytes: 3
+            }
+        );
+        assert_eq!(get("stale"), OutcomeCount::default());
+    }
+
+    #[tokio::test]
+    async fn the_file_is_read_back_while_the_pid_lives_only() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()).unwrap(), ServerState::NotRunning);
+
+        let counters = Arc::new(Counters::default());
+        counters.record(Some("follow"), 7);
+        let writer = StatsWriter::new(dir.path(), Arc::clone(&counters));
+        writer.write().await.unwrap();
+        let ServerState::Running(stats) = read(dir.path()).unwrap() else {
+            panic!("this process is alive");
+        };
+        assert_eq!(stats.pid, std::process::id());
+        assert_eq!(stats.outcomes["follow"].requests, 1);
+
+        // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
+        let dead = ServerStats {
+            pid: 1 << 30,
+            ..stats
+        };
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            serde_json::to_vec(&dead).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(read(dir.path()).unwrap(), ServerState::NotRunning);
+    }
+}

@@ -1,0 +1,166 @@
+//! `regcache stats`: usage against the budget, counts of content, manifests,
+//! blobs, repositories and tags, pinned bytes, and the request counters of the
+//! server running on the data directory (from `server-stats.json`, only while its
+//! pid is alive). Read-only. `--json` prints the same numbers as one object.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::format::{Table, human_size};
+use super::server_stats::{self, OutcomeCount, ServerState};
+use crate::config::Config;
+use crate::index::{Access, Index, Summary};
+
+/// Everything `stats` reports.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// Sum of the sizes of all committed content.
+    pub usage_bytes: u64,
+    /// `None`: no budget configured (unlimited).
+    pub budget_bytes: Option<u64>,
+    pub content: u64,
+    pub manifests: u64,
+    pub manifest_bytes: u64,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub repositories: u64,
+    pub tags: u64,
+    /// Content linked to no repository (adopted after a crash).
+    pub unlinked: u64,
+    /// `None`: pins are not known to this build.
+    pub pinned_bytes: Option<u64>,
+    /// `None`: no server is running on the data directory.
+    pub server: Option<ServerInfo>,
+}
+
+/// The running server's counters since it started.
+#[derive(Debug, Serialize)]
+pub struct ServerInfo {
+    pub pid: u32,
+    pub started_at: u64,
+    pub updated_at: u64,
+    pub outcomes: BTreeMap<String, OutcomeCount>,
+}
+
+/// The configured size budget (`storage.max_size`).
+pub fn budget(config: &Config) -> Option<u64> {
+    Some(config.eviction.max_size)
+}
+
+/// Bytes of committed content the configured pins cover.
+pub async fn pinned_bytes(config: &Config, index: &Index) -> anyhow::Result<Option<u64>> {
+    let store = super::attach_store(&config.data_dir)?;
+    let pins = config.eviction.pins();
+    Ok(Some(
+        crate::evict::pinned_bytes(index, &store, &pins).await?,
+    ))
+}
+
+/// Gathers the statistics of `config.data_dir`.
+pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
+    let data_dir = &config.data_dir;
+    let index = super::open_index(data_dir, Access::ReadOnly)?;
+    let summary: Summary = index.summary().await?;
+    let pinned_bytes = pinned_bytes(config, &index).await?;
+    let server = match server_stats::read(data_dir)? {
+        ServerState::Running(s) => Some(ServerInfo {
+            pid: s.pid,
+            started_at: s.started_at,
+            updated_at: s.updated_at,
+            outcomes: s.outcomes,
+        }),
+        ServerState::NotRunning => None,
+    };
+    Ok(Stats {
+        usage_bytes: summary.content_bytes,
+        budget_bytes: budget(config),
+        content: summary.content,
+        manifests: summary.manifests,
+        manifest_bytes: summary.manifest_bytes,
+        blobs: summary.blobs(),
+        blob_bytes: summary.blob_bytes(),
+        repositories: summary.repositories,
+        tags: summary.tags,
+        unlinked: summary.unlinked,
+        pinned_bytes,
+        server,
+    })
+}
+
+/// Prints the statistics of `config.data_dir` to `out`.
+pub async fn run(config: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let stats = gather(config).await?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &stats)?;
+        out.write_all(b"\n")?;
+    } else {
+        write_text(&stats, out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
+    let usage = match s.budget_bytes {
+        Some(budget) if budget > 0 => format!(
+            "{} of {} ({:.1}%)",
+            human_size(s.usage_bytes),
+            human_size(budget),
+            s.usage_bytes as f64 * 100.0 / budget as f64
+        ),
+        _ => format!("{} (budget: unlimited)", human_size(s.usage_bytes)),
+    };
+    let mut table = Table::new(&[("STORE", false), ("", false)]);
+    let rows = [
+        ("usage", usage),
+        ("content", s.content.to_string()),
+        (
+            "manifests",
+            format!("{} ({})", s.manifests, human_size(s.manifest_bytes)),
+        ),
+        (
+            "blobs",
+            format!("{} ({})", s.blobs, human_size(s.blob_bytes)),
+        ),
+        ("repositories", s.repositories.to_string()),
+        ("tags", s.tags.to_string()),
+        ("unlinked content", s.unlinked.to_string()),
+        (
+            "pinned",
+            s.pinned_bytes
+                .map_or_else(|| "unknown".to_owned(), human_size),
+        ),
+    ];
+    for (key, value) in rows {
+        table.push(vec![key.to_owned(), value]);
+    }
+    table.write(out)?;
+    out.write_all(b"\n")?;
+    let Some(server) = &s.server else {
+        return out.write_all(b"server: not running (no request counters)\n");
+    };
+    writeln!(
+        out,
+        "server: running, pid {}, up {}s; requests since its start:",
+        server.pid,
+        unix_now().saturating_sub(server.started_at)
+    )?;
+    let mut table = Table::new(&[("OUTCOME", false), ("REQUESTS", true), ("BYTES", true)]);
+    for (name, count) in &server.outcomes {
+        table.push(vec![
+            name.clone(),
+            count.requests.to_string(),
+            human_size(count.bytes),
+        ]);
+    }
+    table.write(out)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}

@@ -1,0 +1,168 @@
+//! `regcache verify`: re-hashes every committed file against its digest and its
+//! indexed size, streaming (constant memory), in one blocking task. A corrupt
+//! file loses its index row first, then the file (the order every removal
+//! follows: a crash in between leaves an unindexed file, never a row without
+//! one), so the next pull fetches it again. A row whose file is missing is
+//! dropped too. Safe beside a running server: it only deletes content that
+//! fails verification, through ordinary index transactions; a row that
+//! disappears meanwhile (evicted) is skipped. Exit status 1 if anything was
+//! corrupt or missing.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::format::{Table, human_size};
+use crate::index::{Access, ContentRow};
+use crate::oci::Digest;
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Files re-hashed and their total size.
+    pub checked: u64,
+    pub checked_bytes: u64,
+    /// Each bad file and what was wrong; all were removed.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether verification found anything wrong.
+    pub fn failed(&self) -> bool {
+        !self.problems.is_empty()
+    }
+}
+
+/// One bad piece of content.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub digest: Digest,
+    /// Human-readable: "hashes to sha256:…", "size 10 instead of 12", "file missing".
+    pub problem: String,
+}
+
+/// Verifies every file of `data_dir` and prints a table to `out`.
+pub async fn run(data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<VerifyReport> {
+    let index = super::open_index(data_dir, Access::ReadWrite)?;
+    let store = super::attach_store(data_dir)?;
+    let rows = index.all_content().await?;
+    let total = rows.len() as u64;
+    let done = Arc::new(AtomicU64::new(0));
+    let task = {
+        let (store, done) = (store.clone(), Arc::clone(&done));
+        tokio::task::spawn_blocking(move || check_all(&store, rows, &done))
+    };
+    let suspects = with_progress(task, &done, total).await??;
+
+    let mut report = VerifyReport {
+        checked: suspects.checked,
+        checked_bytes: suspects.bytes,
+        problems: Vec::new(),
+    };
+    for (row, problem) in suspects.bad {
+        // Evicted (or removed by another verify) since we listed it: not ours.
+        if index.content(&row.digest).await?.is_none() {
+            continue;
+        }
+        index.remove_content(&row.digest).await?;
+        store.remove(&row.digest).await?;
+        report.problems.push(Problem {
+            digest: row.digest,
+            problem,
+        });
+    }
+    write_report(&report, out)?;
+    out.flush()?;
+    Ok(report)
+}
+
+struct Suspects {
+    checked: u64,
+    bytes: u64,
+    bad: Vec<(ContentRow, String)>,
+}
+
+/// Re-hashes every row's file; blocking.
+fn check_all(
+    store: &crate::store::Store,
+    rows: Vec<ContentRow>,
+    done: &AtomicU64,
+) -> Result<Suspects, crate::store::Error> {
+    let mut suspects = Suspects {
+        checked: 0,
+        bytes: 0,
+        bad: Vec::new(),
+    };
+    for row in rows {
+        let problem = match store.rehash_blocking(&row.digest)? {
+            None => Some("file missing".to_owned()),
+            Some(r) if r.size != row.size => {
+                Some(format!("size {} instead of {}", r.size, row.size))
+            }
+            Some(r) if r.actual != row.digest => Some(format!("hashes to {}", r.actual)),
+            Some(r) => {
+                suspects.bytes += r.size;
+                None
+            }
+        };
+        suspects.checked += 1;
+        done.fetch_add(1, Ordering::Relaxed);
+        if let Some(problem) = problem {
+            suspects.bad.push((row, problem));
+        }
+    }
+    Ok(suspects)
+}
+
+/// Awaits `task`, drawing a progress line on stderr if it is a terminal.
+async fn with_progress<T>(
+    mut task: tokio::task::JoinHandle<T>,
+    done: &AtomicU64,
+    total: u64,
+) -> Result<T, tokio::task::JoinError> {
+    let tty = std::io::stderr().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            result = &mut task => {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                return result;
+            }
+            _ = ticker.tick() => {
+                if tty {
+                    eprint!("\rverifying {}/{total}", done.load(Ordering::Relaxed));
+                }
+            }
+        }
+    }
+}
+
+fn write_report(report: &VerifyReport, out: &mut dyn Write) -> std::io::Result<()> {
+    if report.problems.is_empty() {
+        return writeln!(
+            out,
+            "verified {} files ({}): all good",
+            report.checked,
+            human_size(report.checked_bytes)
+        );
+    }
+    let mut table = Table::new(&[("DIGEST", false), ("PROBLEM", false), ("ACTION", false)]);
+    for p in &report.problems {
+        table.push(vec![
+            p.digest.to_string(),
+            p.problem.clone(),
+            "removed".to_owned(),
+        ]);
+    }
+    table.write(out)?;
+    writeln!(
+        out,
+        "verified {} files: {} corrupt or missing, removed from the index and the disk",
+        report.checked,
+        report.problems.len()
+    )
+}
