@@ -6,10 +6,14 @@
 mod api;
 /// Helpers for the fake-upstream tests (client, seeded image, data-dir checks).
 mod common;
+/// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
+mod evict;
 /// Upstream down/500, tag TTL, wrong bytes, cut bodies, crash mid-fill, peak RSS.
 mod faults;
 /// skopeo, containerd and podman pulling through regcache from docker-registry and the k8s-like fake.
 mod interop;
+/// Operator commands (ls, stats, verify, gc) beside a server; SIGKILL mid-fill and restart.
+mod ops;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
 mod support;
