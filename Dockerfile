@@ -15,8 +15,10 @@ COPY Cargo.toml Cargo.lock ./
 COPY config.toml ./
 COPY migrations migrations
 COPY src src
-# Cargo.toml names the integration-test target; its files must exist to build.
+# Cargo.toml names the integration-test and bench targets; their files must
+# exist for cargo to read the manifest.
 COPY tests tests
+COPY benches benches
 RUN cargo build --release --locked --bin regcache
 
 FROM debian:bookworm-slim

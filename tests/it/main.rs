@@ -14,6 +14,8 @@ mod faults;
 mod interop;
 /// Operator commands (ls, stats, verify, gc) beside a server; SIGKILL mid-fill and restart.
 mod ops;
+/// The Dockerfile copies what the build reads; the image runs `serve` unprivileged.
+mod packaging;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
 mod support;
