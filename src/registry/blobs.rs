@@ -1,6 +1,7 @@
 //! Blob requests: a hit streams the committed file; a miss starts or joins the
-//! fill for that digest and streams the growing temp file; a HEAD of a cold blob
-//! asks the upstream without fetching the bytes.
+//! fill for that digest and streams the growing temp file (a fill whose upstream
+//! body breaks resumes it with a `Range` request, unseen by readers); a HEAD of a
+//! cold blob asks the upstream without fetching the bytes.
 
 use std::io;
 use std::sync::Arc;
@@ -313,10 +314,33 @@ impl FillJob {
             written: 0,
             file: std::sync::Arc::clone(&file),
         });
-        let mut body = std::pin::pin!(response.into_stream());
+        let mut body = Box::pin(response.into_stream());
+        // Bytes of the current body already written (a resume answered 200).
+        let mut skip = 0u64;
+        let mut resumes = 0;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk
-                .map_err(|e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown))?;
+            let mut chunk = match chunk {
+                Ok(chunk) => chunk,
+                // Every byte arrived before the break: the commit checks them.
+                Err(_) if size == Some(writer.written()) => break,
+                Err(e) => {
+                    // The connection broke mid-body: ask for the rest; readers
+                    // keep waiting on the same temp file meanwhile.
+                    let (resumed, skip_bytes) =
+                        self.resume(writer.written(), size, e, &mut resumes).await?;
+                    body = Box::pin(resumed.into_stream());
+                    skip = skip_bytes;
+                    continue;
+                }
+            };
+            if skip > 0 {
+                let n = skip.min(chunk.len() as u64);
+                skip -= n;
+                chunk = chunk.slice(n as usize..);
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
             if size.is_none() && !reservation.grow(chunk.len() as u64).await {
                 return Err(Error::BadContent(
                     "a blob without Content-Length outgrew the cache budget".into(),
@@ -373,6 +397,94 @@ impl FillJob {
         tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob cached");
         Ok(FillState::Committed { size, file })
     }
+
+    /// The upstream body broke after `written` bytes (`error`): asks for the
+    /// rest with `Range: bytes=<written>-`, after a short backoff, while fewer
+    /// than [`RESUME_BACKOFF`]`.len()` resumes were tried for this fill. Returns
+    /// the new response and how many of its leading bytes are already written
+    /// (0 for a `206` starting at `written`; `written` for a `200` that ignored
+    /// the Range, so the hasher still sees each byte once). An answer that
+    /// cannot be a continuation, a 404 or a denial ends the fill at once.
+    async fn resume(
+        &self,
+        written: u64,
+        size: Option<u64>,
+        mut error: crate::upstream::Error,
+        resumes: &mut usize,
+    ) -> Result<(crate::upstream::Response, u64), Error> {
+        let fail = |e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown);
+        while let Some(backoff) = RESUME_BACKOFF.get(*resumes) {
+            *resumes += 1;
+            tracing::info!(digest = %self.digest, repo = %self.repo, offset = written, attempt = *resumes, error = %error, "upstream blob body broke; resuming with a Range request");
+            tokio::time::sleep(*backoff).await;
+            let response = match self
+                .route_client
+                .blob(Method::GET, &self.repo, &self.digest, Some(written))
+                .await
+            {
+                Ok(response) => response,
+                Err(e) if e.is_unavailable() => {
+                    error = e;
+                    continue;
+                }
+                Err(e) => return Err(fail(e)),
+            };
+            let skip = continuation(&response, written, size).map_err(|m| {
+                fail(crate::upstream::Error::Protocol(format!(
+                    "cannot resume blob {} at byte {written}: {m}",
+                    self.digest
+                )))
+            })?;
+            return Ok((response, skip));
+        }
+        Err(fail(error))
+    }
+}
+
+/// Pauses before each resume of a broken upstream body; its length is how many
+/// resumes one fill may try before it fails.
+const RESUME_BACKOFF: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+    std::time::Duration::from_secs(1),
+];
+
+/// Whether `response` to `Range: bytes=<written>-` continues a blob of `size`
+/// (if known): a `206` must start exactly at `written` and agree on the total;
+/// a `200` (Range ignored) is the whole blob again, whose first `written` bytes
+/// are to be skipped. Returns how many leading bytes to skip.
+fn continuation(
+    response: &crate::upstream::Response,
+    written: u64,
+    size: Option<u64>,
+) -> Result<u64, String> {
+    match response.status() {
+        http::StatusCode::PARTIAL_CONTENT => {
+            let range = response
+                .content_range()
+                .ok_or("a 206 without a valid Content-Range")?;
+            if range.first != written {
+                return Err(format!("the 206 starts at byte {}", range.first));
+            }
+            if let (Some(size), Some(total)) = (size, range.total) {
+                if size != total {
+                    return Err(format!(
+                        "the 206 says the blob has {total} bytes, not {size}"
+                    ));
+                }
+            }
+            Ok(0)
+        }
+        http::StatusCode::OK => {
+            if let (Some(size), Some(length)) = (size, response.content_length()) {
+                if size != length {
+                    return Err(format!("the 200 has {length} bytes, not {size}"));
+                }
+            }
+            Ok(written)
+        }
+        status => Err(format!("unexpected status {status}")),
+    }
 }
 
 /// A store commit that failed verification becomes the registry's digest error.
@@ -382,5 +494,41 @@ pub(super) fn mismatch_to_error(e: store::Error) -> Error {
             Error::DigestMismatch { expected, actual }
         }
         other => Error::Store(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::continuation;
+    use crate::upstream::Response;
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> Response {
+        let mut builder = http::Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let inner = reqwest::Response::from(builder.body(Vec::<u8>::new()).unwrap());
+        Response::new(inner, "http://upstream.test/blob".parse().unwrap())
+    }
+
+    #[test]
+    fn a_206_continues_only_from_the_written_offset_with_the_same_total() {
+        let ok = response(206, &[("content-range", "bytes 7-99/100")]);
+        assert_eq!(continuation(&ok, 7, Some(100)), Ok(0));
+        assert_eq!(continuation(&ok, 7, None), Ok(0));
+        assert!(continuation(&ok, 8, Some(100)).is_err());
+        assert!(continuation(&ok, 7, Some(101)).is_err());
+        let unknown_total = response(206, &[("content-range", "bytes 7-99/*")]);
+        assert_eq!(continuation(&unknown_total, 7, Some(100)), Ok(0));
+        assert!(continuation(&response(206, &[]), 7, Some(100)).is_err());
+    }
+
+    #[test]
+    fn a_200_is_the_whole_blob_again_and_its_prefix_is_skipped() {
+        let whole = response(200, &[("content-length", "100")]);
+        assert_eq!(continuation(&whole, 7, Some(100)), Ok(7));
+        assert!(continuation(&whole, 7, Some(99)).is_err());
+        assert_eq!(continuation(&response(200, &[]), 7, None), Ok(7));
+        assert!(continuation(&response(204, &[]), 7, None).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! In-flight blob fills, keyed by digest. A fill is one upstream fetch running on
-//! a detached task: it streams the upstream body into a `store::BlobWriter`
+//! a detached task (resumed with `Range` requests if the upstream connection
+//! breaks mid-body): it streams the upstream body into a `store::BlobWriter`
 //! (which hashes as it writes) and publishes its progress on a `watch` channel.
 //! Every client of that digest, the first one included, reads the growing temp
 //! file up to the published length, so each goes at its own pace and a client

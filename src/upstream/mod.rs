@@ -29,7 +29,7 @@ use reqwest::{Method, StatusCode};
 use url::{Origin, Url};
 
 pub use error::{Error, Transport};
-pub use response::Response;
+pub use response::{ContentRange, Response};
 
 use crate::config::UpstreamConfig;
 use crate::oci::{Digest, Reference, RepoName, media_type};

@@ -1,5 +1,6 @@
 //! [`Response`]: a successful upstream answer after redirects, with its body
-//! still unread, and the two ways to read it (bounded in memory, or streamed).
+//! still unread, and the two ways to read it (bounded in memory, or streamed);
+//! [`ContentRange`] is what a `206` says it holds (for resuming a blob).
 //!
 //! It never ends a body early without an error: a connection cut or an idle
 //! timeout mid-body is an `Err`, so a partial blob can never look complete.
@@ -10,7 +11,7 @@ use std::fmt;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap};
 use url::Url;
 
 use super::Error;
@@ -59,6 +60,13 @@ impl Response {
         value.trim().parse().ok()
     }
 
+    /// The parsed `Content-Range` header of a `206` (None if absent or not
+    /// `bytes <first>-<last>/<total or *>`).
+    pub fn content_range(&self) -> Option<ContentRange> {
+        let value = self.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+        ContentRange::parse(value)
+    }
+
     pub fn content_type(&self) -> Option<&str> {
         self.headers().get(CONTENT_TYPE)?.to_str().ok()
     }
@@ -103,5 +111,58 @@ impl Response {
         self.inner
             .bytes_stream()
             .map(move |chunk| chunk.map_err(|e| Error::transport(e, &url)))
+    }
+}
+
+/// `Content-Range: bytes <first>-<last>/<total>`: which bytes a `206` carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub first: u64,
+    /// Inclusive.
+    pub last: u64,
+    /// `None` when the upstream sent `*` (total unknown).
+    pub total: Option<u64>,
+}
+
+impl ContentRange {
+    fn parse(value: &str) -> Option<Self> {
+        let spec = value.trim().strip_prefix("bytes ")?;
+        let (range, total) = spec.split_once('/')?;
+        let (first, last) = range.split_once('-')?;
+        let first: u64 = first.trim().parse().ok()?;
+        let last: u64 = last.trim().parse().ok()?;
+        let total = match total.trim() {
+            "*" => None,
+            n => Some(n.parse::<u64>().ok()?),
+        };
+        if last < first || total.is_some_and(|t| last >= t) {
+            return None;
+        }
+        Some(Self { first, last, total })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContentRange;
+
+    #[test]
+    fn content_range_is_parsed_strictly() {
+        let range = |first, last, total| Some(ContentRange { first, last, total });
+        assert_eq!(
+            ContentRange::parse("bytes 7-99/100"),
+            range(7, 99, Some(100))
+        );
+        assert_eq!(ContentRange::parse(" bytes 0-0/* "), range(0, 0, None));
+        for bad in [
+            "bytes */100",
+            "bytes 7-99",
+            "bytes 9-7/100",
+            "bytes 7-100/100",
+            "items 0-1/2",
+            "bytes -1-2/3",
+        ] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -18,4 +18,6 @@ mod ops;
 mod packaging;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
+/// Fills resumed with a Range request after a cut upstream body; permanent cuts.
+mod resume;
 mod support;

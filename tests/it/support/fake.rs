@@ -17,7 +17,8 @@
 //! [`FakeUpstream::put_manifest`]); blob bodies are streamed as slices of the
 //! stored `Bytes`, never copied per request, so multi-GiB blobs are fine. Every
 //! request is recorded (for hit counts) and faults can be switched on: down,
-//! a status for everything, wrong bytes, a cut body, a paused or throttled body.
+//! a status for everything, wrong bytes, a cut body (every time, or once), a
+//! paused or throttled body.
 //!
 //! It never talks to anything but 127.0.0.1 and never outlives its handle; it
 //! panics on drop (outside an existing panic) if a violation was recorded.
@@ -127,6 +128,7 @@ struct Faults {
     fail_status: Option<u16>,
     wrong_bytes: HashSet<String>,
     cut_after: HashMap<String, u64>,
+    cut_once: HashMap<String, u64>,
     pause_after: HashMap<String, u64>,
     throttle: Option<(usize, Duration)>,
     hold_manifests: bool,
@@ -409,6 +411,16 @@ impl FakeUpstream {
             Some(n) => state.faults.cut_after.insert(digest.to_owned(), n),
             None => state.faults.cut_after.remove(digest),
         };
+    }
+
+    /// Cut the connection at byte `n` of blob `digest` once: the first GET whose
+    /// body would cross byte `n` is cut there, later ones are served whole.
+    pub fn set_cut_once(&self, digest: &str, n: u64) {
+        self.shared
+            .state()
+            .faults
+            .cut_once
+            .insert(digest.to_owned(), n);
     }
 
     /// Send `n` body bytes of blob `digest`, then wait until [`Self::resume`].
@@ -903,6 +915,17 @@ fn storage(shared: &Arc<Shared>, path: &str, headers: &HeaderMap, head: bool) ->
     if head {
         return builder.body(Body::empty()).expect("response");
     }
+    let once = {
+        let mut state = shared.state();
+        match state.faults.cut_once.get(&digest).copied() {
+            Some(at) if (start..end).contains(&at) => state.faults.cut_once.remove(&digest),
+            _ => None,
+        }
+    };
+    let cut = match (cut, once) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let body = BodyState {
         shared: Arc::clone(shared),
         digest,
@@ -963,6 +986,10 @@ impl BodyState {
         }
         if self.cut.is_some_and(|cut| self.pos >= cut) {
             self.done = true;
+            // hyper drops what it still buffers when a body fails; waiting here
+            // (the body is Pending, so hyper flushes) lets every byte before the
+            // cut reach the client, as on a real connection that breaks.
+            tokio::time::sleep(Duration::from_millis(200)).await;
             return Some(Err(io::Error::other("fake upstream cut the body")));
         }
         // Wait while paused at this offset.
