@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -168,24 +168,13 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
-    let (text, source) = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            (text, path.display().to_string())
-        }
-        None => (
-            config::DEFAULT_TOML.to_owned(),
-            "the embedded default configuration".to_owned(),
-        ),
-    };
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data.clone(),
         upstream_url: args.upstream.clone(),
         max_size: args.max_size,
     };
-    config::load(&text, &source, &overrides, &ProcessSecrets).map_err(|e| e.to_string())
+    load_with(args.config.as_deref(), &overrides)
 }
 
 /// Runs an operator command with a current-thread runtime and stdout as its
@@ -233,7 +222,16 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// The configuration for an operator command: `--config` (or the embedded
 /// default) with `--data` applied, like `serve`.
 fn load_data_config(args: &DataArgs) -> Result<config::Config, String> {
-    let (text, source) = match &args.config {
+    let overrides = Overrides {
+        data_dir: args.data.clone(),
+        ..Overrides::default()
+    };
+    load_with(args.config.as_deref(), &overrides)
+}
+
+/// Loads `--config FILE` (or the embedded default) with `overrides` applied.
+fn load_with(file: Option<&Path>, overrides: &Overrides) -> Result<config::Config, String> {
+    let (text, source) = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -244,11 +242,7 @@ fn load_data_config(args: &DataArgs) -> Result<config::Config, String> {
             "the embedded default configuration".to_owned(),
         ),
     };
-    let overrides = Overrides {
-        data_dir: args.data.clone(),
-        ..Overrides::default()
-    };
-    config::load(&text, &source, &overrides, &ProcessSecrets).map_err(|e| e.to_string())
+    config::load(&text, &source, overrides, &ProcessSecrets).map_err(|e| e.to_string())
 }
 
 /// Logs go to stderr; `RUST_LOG` filters them (default `info`).
