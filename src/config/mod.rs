@@ -1,0 +1,208 @@
+//! `config.toml` → a validated, typed [`Config`]. The repository's `config.toml` is
+//! embedded as the default. Parsing walks the whole document and reports every
+//! problem at once, each naming its key; unknown keys are errors. Command-line
+//! overrides are applied here too, so the rest of the program sees one `Config`.
+//!
+//! This module never prints and never exits: it returns errors to `main`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::{Table, Value};
+use url::Url;
+
+/// The repository's `config.toml`, the configuration used without `--config`.
+pub const DEFAULT_TOML: &str = include_str!("../../config.toml");
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// At least one; exactly one has `default == true`.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The disk budget (`storage.max_size`, watermarks, pins).
+    pub eviction: EvictionConfig,
+}
+
+/// `[storage]`'s disk budget: how much committed content the cache keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictionConfig {
+    /// Bytes of committed content (blobs and manifests) never exceeded.
+    pub max_size: u64,
+    /// Past this fraction of `max_size`, evict...
+    pub high_watermark: f64,
+    /// ...down to this fraction.
+    pub low_watermark: f64,
+    /// How often usage is re-read from the index and checked.
+    pub interval: Duration,
+    /// Content never evicted.
+    pub pins: Vec<crate::evict::Pin>,
+}
+
+impl EvictionConfig {
+    pub fn budget(&self) -> crate::evict::Budget {
+        crate::evict::Budget::new(self.max_size, self.high_watermark, self.low_watermark)
+    }
+
+    pub fn pins(&self) -> crate::evict::Pins {
+        crate::evict::Pins::new(self.pins.clone())
+    }
+}
+
+/// `storage.max_size` when absent (see config.toml).
+pub const DEFAULT_MAX_SIZE: u64 = 20 * 1024 * 1024 * 1024;
+
+impl Config {
+    pub fn default_upstream(&self) -> &UpstreamConfig {
+        self.upstreams
+            .iter()
+            .find(|u| u.default)
+            .expect("validation guarantees exactly one default upstream")
+    }
+}
+
+/// One upstream registry.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The registry host clients use (`registry.k8s.io`); the `ns` value that routes here.
+    pub name: String,
+    pub url: Url,
+    pub default: bool,
+    pub aliases: Vec<String>,
+    pub tag_ttl: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub credentials: Option<Credentials>,
+}
+
+impl UpstreamConfig {
+    /// Whether `host` (an `ns` value) names this upstream.
+    pub fn answers_to(&self, host: &str) -> bool {
+        self.name == host || self.aliases.iter().any(|a| a == host)
+    }
+}
+
+/// Credentials for an upstream's token service.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Values given on the command line, which win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    /// Replaces the default upstream's `url`.
+    pub upstream_url: Option<Url>,
+    /// Replaces `storage.max_size` (bytes).
+    pub max_size: Option<u64>,
+}
+
+/// One problem, naming the key it concerns (`upstream[0].tag_ttl`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    pub source_name: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{} error{} in {}:",
+            n,
+            if n == 1 { "" } else { "s" },
+            self.source_name
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {}: {}", e.key, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads configuration values from outside the file (environment variables and
+/// secret files), so tests never touch the process environment.
+pub trait Secrets {
+    fn env(&self, name: &str) -> Option<String>;
+    fn file(&self, path: &str) -> std::io::Result<String>;
+}
+
+/// The real process environment and file system.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessSecrets;
+
+impl Secrets for ProcessSecrets {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn file(&self, path: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// Parses and validates `text` (named `source_name` in errors), then applies `overrides`.
+pub fn load(
+    text: &str,
+    source_name: &str,
+    overrides: &Overrides,
+    secrets: &dyn Secrets,
+) -> Result<Config, ConfigErrors> {
+    let fail = |errors| ConfigErrors {
+        source_name: source_name.to_owned(),
+        errors,
+    };
+    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+        fail(vec![ConfigError {
+            key: "(syntax)".into(),
+            message: e.to_string().trim().replace('\n', " "),
+        }])
+    })?;
+    let mut walker = Walker::default();
+    let config = walker.config(table, overrides, secrets);
+    match config {
+        Some(config) if walker.errors.is_empty() => Ok(config),
+        _ => Err(fail(walker.errors)),
+    }
+}
+
+mod walker;
+
+use walker::Walker;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+//! Unit tests of configuration parsing and validation: defaults, overrides,
+//! every error reported at once with its key, unknown keys, secrets redacted.
+
+use super::*;
+use std::collections::HashMap;
+
+#[derive(Default)]
+struct FakeSecrets(HashMap<String, String>);
+
+impl Secrets for FakeSecrets {
+    fn env(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+    fn file(&self, path: &str) -> std::io::Result<String> {
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+    }
+}
+
+fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+    load(
+        text,
+        "test.toml",
+        &Overrides::default(),
+        &FakeSecrets::default(),
+    )
+}
+
+fn keys(err: &ConfigErrors) -> Vec<&str> {
+    err.errors.iter().map(|e| e.key.as_str()).collect()
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = load_str(DEFAULT_TOML).unwrap();
+    assert_eq!(c.listen.to_string(), "0.0.0.0:5000");
+    assert_eq!(c.data_dir, PathBuf::from("./regcache-data"));
+    let up = c.default_upstream();
+    assert_eq!(up.name, "registry.k8s.io");
+    assert_eq!(up.url.as_str(), "https://registry.k8s.io/");
+    assert!(up.answers_to("k8s.gcr.io"));
+    assert!(up.tag_ttl >= Duration::from_secs(60));
+    assert!(up.credentials.is_none());
+}
+
+#[test]
+fn every_error_is_reported_with_its_key() {
+    let err = load_str(
+        r#"
+        bogus = 1
+        [server]
+        listen = "nowhere"
+        [storage]
+        data_dir = 5
+        [[upstream]]
+        name = "a"
+        url = "ftp://x"
+        tag_ttl = "soon"
+        usernme = "typo"
+        "#,
+    )
+    .unwrap_err();
+    let keys = keys(&err);
+    for want in [
+        "bogus",
+        "server.listen",
+        "storage.data_dir",
+        "upstream[0].url",
+        "upstream[0].tag_ttl",
+        "upstream[0].usernme",
+    ] {
+        assert!(keys.contains(&want), "missing {want} in {keys:?}");
+    }
+    let text = err.to_string();
+    assert!(text.starts_with("6 errors in test.toml:"), "{text}");
+}
+
+#[test]
+fn syntax_errors_are_reported() {
+    let err = load_str("[server\nlisten=").unwrap_err();
+    assert_eq!(keys(&err), ["(syntax)"]);
+}
+
+#[test]
+fn overrides_win_and_replace_the_default_url() {
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some("/tmp/x".into()),
+        upstream_url: Some("http://127.0.0.1:9/".parse().unwrap()),
+        max_size: Some(1000),
+    };
+    let c = load(DEFAULT_TOML, "default", &overrides, &FakeSecrets::default()).unwrap();
+    assert_eq!(c.listen.port(), 0);
+    assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    assert_eq!(c.default_upstream().url.as_str(), "http://127.0.0.1:9/");
+    assert_eq!(c.default_upstream().name, "registry.k8s.io");
+    assert_eq!(c.eviction.max_size, 1000);
+}
+
+#[test]
+fn the_budget_has_defaults_human_sizes_and_checked_watermarks() {
+    let c = load_str(DEFAULT_TOML).unwrap();
+    assert_eq!(c.eviction.max_size, DEFAULT_MAX_SIZE);
+    assert_eq!(
+        (c.eviction.high_watermark, c.eviction.low_watermark),
+        (0.95, 0.85)
+    );
+    assert_eq!(c.eviction.interval, Duration::from_secs(30));
+
+    let base = "[server]\nlisten='127.0.0.1:1'\n[[upstream]]\nname='registry.k8s.io'\nurl='http://a'\naliases=['k8s.gcr.io']\n";
+    let good = format!(
+        "{base}[storage]\ndata_dir='d'\nmax_size='1.5 GiB'\nhigh_watermark=0.9\nlow_watermark=0.5\nevict_interval='1m'\npins=['k8s.gcr.io/pause:*','registry.k8s.io/coredns/*']\n"
+    );
+    let c = load_str(&good).unwrap();
+    assert_eq!(c.eviction.max_size, 1536 * 1024 * 1024);
+    let budget = c.eviction.budget();
+    assert_eq!(budget.low, budget.max_size / 2);
+    let pins: Vec<String> = c.eviction.pins.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        pins,
+        ["registry.k8s.io/pause:*", "registry.k8s.io/coredns/*"]
+    );
+
+    let bad = format!(
+        "{base}[storage]\ndata_dir='d'\nmax_size='lots'\nhigh_watermark=1.5\nlow_watermark='x'\nevict_interval='0s'\npins=['docker.io/x', 'nohost']\nmaxsize='1G'\n"
+    );
+    let err = load_str(&bad).unwrap_err();
+    let found = keys(&err);
+    for want in [
+        "storage.max_size",
+        "storage.high_watermark",
+        "storage.low_watermark",
+        "storage.evict_interval",
+        "storage.pins[0]",
+        "storage.pins[1]",
+        "storage.maxsize",
+    ] {
+        assert!(found.contains(&want), "missing {want} in {found:?}");
+    }
+    let inverted = format!(
+        "{base}[storage]\ndata_dir='d'\nmax_size='0'\nhigh_watermark=0.5\nlow_watermark=0.6\n"
+    );
+    let err = load_str(&inverted).unwrap_err();
+    assert_eq!(keys(&err), ["storage.max_size", "storage.low_watermark"]);
+}
+
+#[test]
+fn credentials_come_from_env_or_file_and_are_redacted() {
+    let mut secrets = FakeSecrets::default();
+    secrets.0.insert("PW".into(), "hunter2".into());
+    secrets.0.insert("/pw".into(), "from-file\nignored".into());
+    let base = "[server]\nlisten='127.0.0.1:1'\n[storage]\ndata_dir='d'\n";
+    let env_cfg =
+        format!("{base}[[upstream]]\nname='a'\nurl='http://a'\nusername='u'\npassword_env='PW'\n");
+    let c = load(&env_cfg, "t", &Overrides::default(), &secrets).unwrap();
+    let creds = c.upstreams[0].credentials.clone().unwrap();
+    assert_eq!(creds.password.expose(), "hunter2");
+    assert!(!format!("{c:?}").contains("hunter2"));
+    let file_cfg = format!(
+        "{base}[[upstream]]\nname='a'\nurl='http://a'\nusername='u'\npassword_file='/pw'\n"
+    );
+    let c = load(&file_cfg, "t", &Overrides::default(), &secrets).unwrap();
+    assert_eq!(
+        c.upstreams[0]
+            .credentials
+            .as_ref()
+            .unwrap()
+            .password
+            .expose(),
+        "from-file"
+    );
+    let missing = format!(
+        "{base}[[upstream]]\nname='a'\nurl='http://a'\nusername='u'\npassword_env='NOPE'\n"
+    );
+    let err = load(&missing, "t", &Overrides::default(), &secrets).unwrap_err();
+    assert_eq!(keys(&err), ["upstream[0].password_env"]);
+}
+
+#[test]
+fn upstream_table_rules() {
+    let base = "[server]\nlisten='127.0.0.1:1'\n[storage]\ndata_dir='d'\n";
+    let err = load_str(base).unwrap_err();
+    assert_eq!(keys(&err), ["upstream"]);
+    let two_defaults = format!(
+        "{base}[[upstream]]\nname='a'\nurl='http://a'\ndefault=true\n[[upstream]]\nname='b'\nurl='http://b'\ndefault=true\naliases=['a']\n"
+    );
+    let err = load_str(&two_defaults).unwrap_err();
+    assert_eq!(keys(&err), ["upstream", "upstream[1]"]);
+    let single = format!("{base}[[upstream]]\nname='a'\nurl='http://a'\n");
+    assert!(load_str(&single).unwrap().upstreams[0].default);
+}
