@@ -125,11 +125,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobReply, Error> {
-        let response = route
-            .client
-            .blob(Method::HEAD, repo, digest, None)
-            .await
-            .map_err(|e| Error::from_upstream(route.name(), e, Error::BlobUnknown))?;
+        let response = route.fetch_blob(Method::HEAD, repo, digest).await?;
         Ok(reply(
             digest,
             response.content_length(),
@@ -186,11 +182,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobReply, Error> {
-        let response = route
-            .client
-            .blob(Method::GET, repo, digest, None)
-            .await
-            .map_err(|e| Error::from_upstream(route.name(), e, Error::BlobUnknown))?;
+        let response = route.fetch_blob(Method::GET, repo, digest).await?;
         let size = response.content_length();
         let body = PassThrough::new(response.into_stream(), digest.clone(), size);
         Ok(reply(
@@ -211,16 +203,10 @@ impl Registry {
         digest: &Digest,
         fill: &Arc<Fill>,
     ) -> Result<(), Error> {
-        if self.cache.is_linked(route.id, repo, digest).await
-            || self.index.is_linked(route.name(), repo, digest).await?
-        {
+        if self.is_linked(route, repo, digest).await? {
             return Ok(());
         }
-        route
-            .client
-            .blob(Method::HEAD, repo, digest, None)
-            .await
-            .map_err(|e| Error::from_upstream(route.name(), e, Error::BlobUnknown))?;
+        route.fetch_blob(Method::HEAD, repo, digest).await?;
         if !fill.add_joined(repo.clone()) {
             // The fill has indexed its content already: link it here.
             self.index.link(route.name(), repo, digest).await?;

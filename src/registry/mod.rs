@@ -50,6 +50,19 @@ impl Route {
     fn tag_ttl(&self) -> Duration {
         self.config.tag_ttl
     }
+
+    /// GET or HEAD of a blob from this upstream, its 404 as `BlobUnknown`.
+    async fn fetch_blob(
+        &self,
+        method: http::Method,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<crate::upstream::Response, Error> {
+        self.client
+            .blob(method, repo, digest, None)
+            .await
+            .map_err(|e| Error::from_upstream(self.name(), e, Error::BlobUnknown))
+    }
 }
 
 /// The pull-through registry.
@@ -125,6 +138,17 @@ impl Registry {
         }
     }
 
+    /// Whether `repo` of `route` is known to have `digest` (memory, then index).
+    async fn is_linked(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
+        Ok(self.cache.is_linked(route.id, repo, digest).await
+            || self.index.is_linked(route.name(), repo, digest).await?)
+    }
+
     /// Makes sure `repo` of `route` may be served `digest`: it may when the content
     /// was pulled for that repository (or confirmed before); otherwise the upstream
     /// must confirm the repository has it (`confirm` sends that HEAD). Cached bytes
@@ -141,9 +165,7 @@ impl Registry {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), crate::upstream::Error>>,
     {
-        if self.cache.is_linked(route.id, repo, digest).await
-            || self.index.is_linked(route.name(), repo, digest).await?
-        {
+        if self.is_linked(route, repo, digest).await? {
             self.cache.set_linked(route.id, repo, digest).await;
             return Ok(Outcome::Hit);
         }
