@@ -10,6 +10,8 @@ mod common;
 mod evict;
 /// Upstream down/500, tag TTL, wrong bytes, cut bodies, crash mid-fill, peak RSS.
 mod faults;
+/// Single-flight fills and coalescing: herds on a blob or a tag, failed and resumed fills, slow and departed readers, ranges.
+mod herd;
 /// skopeo, containerd and podman pulling through regcache from docker-registry and the k8s-like fake.
 mod interop;
 /// Operator commands (ls, stats, verify, gc) beside a server; SIGKILL mid-fill and restart.

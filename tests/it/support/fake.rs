@@ -18,7 +18,7 @@
 //! stored `Bytes`, never copied per request, so multi-GiB blobs are fine. Every
 //! request is recorded (for hit counts) and faults can be switched on: down,
 //! a status for everything, wrong bytes, a cut body (every time, or once), a
-//! paused or throttled body.
+//! paused or throttled body, a blob answer held back before its headers.
 //!
 //! It never talks to anything but 127.0.0.1 and never outlives its handle; it
 //! panics on drop (outside an existing panic) if a violation was recorded.
@@ -133,6 +133,7 @@ struct Faults {
     throttle: Option<(usize, Duration)>,
     hold_manifests: bool,
     no_content_length: bool,
+    hold_blobs: HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -389,6 +390,21 @@ impl FakeUpstream {
         self.shared.wake();
     }
 
+    /// Hold every storage request (GET or HEAD) for blob `digest` before it is
+    /// answered (it is recorded as seen first), until released: the fill that
+    /// sent it waits for the upstream's headers meanwhile.
+    pub fn hold_blob(&self, digest: &str, hold: bool) {
+        {
+            let mut state = self.shared.state();
+            if hold {
+                state.faults.hold_blobs.insert(digest.to_owned());
+            } else {
+                state.faults.hold_blobs.remove(digest);
+            }
+        }
+        self.shared.wake();
+    }
+
     /// Storage sends blob bodies without Content-Length (chunked), as some CDNs do.
     pub fn set_no_content_length(&self, on: bool) {
         self.shared.state().faults.no_content_length = on;
@@ -613,6 +629,22 @@ async fn handle(State(hs): State<HostState>, request: Request) -> Response {
     if hs.host == Host::Registry && path.contains("/manifests/") {
         let mut wake = hs.shared.wake.subscribe();
         while hs.shared.state().faults.hold_manifests && !hs.shared.down.load(Ordering::SeqCst) {
+            if wake.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    if hs.host == Host::Storage {
+        let mut wake = hs.shared.wake.subscribe();
+        let held = || {
+            let state = hs.shared.state();
+            state
+                .faults
+                .hold_blobs
+                .iter()
+                .any(|d| path.contains(d.as_str()))
+        };
+        while held() && !hs.shared.down.load(Ordering::SeqCst) {
             if wake.changed().await.is_err() {
                 break;
             }
