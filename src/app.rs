@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -64,6 +65,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stats_task = tokio::spawn(stats.clone().run(STATS_INTERVAL));
     tracing::info!(%addr, upstream = %default.name, url = %default.url, data = %config.data_dir.display(), "listening");
     let app = crate::api::router(registry, counters);
+    // TCP_NODELAY: a streamed body's first chunk comes from a blocking read, so
+    // hyper writes the headers alone first; with Nagle on, the body then waits
+    // for the client's delayed ACK (~40 ms per small blob: 424 requests/s
+    // instead of 36 000 on loopback, measured with wrk).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     // Graceful shutdown waits for open responses; a stalled 1 GiB download must
     // not keep the process alive forever.

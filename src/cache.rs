@@ -1,5 +1,6 @@
 //! In-memory (moka) layers over the index: tag mappings with the time they were
-//! checked, manifests, blob sizes and repository links. They accelerate; they
+//! checked, manifests, blob sizes, repository links, and the bytes of small
+//! blobs (image configs: every pulling node asks for them). They accelerate; they
 //! never lead: entries are inserted only after the index has committed, and
 //! removed together with index rows. A cold cache gives the same answers.
 
@@ -14,6 +15,12 @@ use crate::registry::Manifest;
 
 /// Memory budget for cached manifest bytes.
 const MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+/// Memory budget for cached small-blob bytes.
+const SMALL_BLOB_BYTES: u64 = 32 * 1024 * 1024;
+/// Blobs up to this size are kept in memory once served from disk: a hit on
+/// one is then answered without a trip to the blocking pool (file I/O there
+/// costs two thread wake-ups per request, most of a small blob's hit cost).
+pub const SMALL_BLOB_MAX: u64 = 64 * 1024;
 /// Entries in each of the small caches.
 const SMALL_ENTRIES: u64 = 100_000;
 
@@ -26,6 +33,7 @@ pub struct Cache {
     tags: Moka<TagKey, (Digest, SystemTime)>,
     manifests: Moka<Digest, Arc<Manifest>>,
     blob_sizes: Moka<Digest, u64>,
+    small_blobs: Moka<Digest, bytes::Bytes>,
     links: Moka<LinkKey, ()>,
 }
 
@@ -57,6 +65,10 @@ impl Cache {
                 .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
                 .build(),
             blob_sizes: Moka::new(SMALL_ENTRIES),
+            small_blobs: Moka::builder()
+                .max_capacity(SMALL_BLOB_BYTES)
+                .weigher(|_, b: &bytes::Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+                .build(),
             links: Moka::builder()
                 .max_capacity(SMALL_ENTRIES)
                 .support_invalidation_closures()
@@ -122,6 +134,18 @@ impl Cache {
         self.blob_sizes.insert(digest.clone(), size).await;
     }
 
+    /// The bytes of a small committed blob, if kept in memory.
+    pub async fn small_blob(&self, digest: &Digest) -> Option<bytes::Bytes> {
+        self.small_blobs.get(digest).await
+    }
+
+    /// Keeps the bytes of a committed blob of at most [`SMALL_BLOB_MAX`] bytes.
+    pub async fn set_small_blob(&self, digest: &Digest, bytes: bytes::Bytes) {
+        if bytes.len() as u64 <= SMALL_BLOB_MAX {
+            self.small_blobs.insert(digest.clone(), bytes).await;
+        }
+    }
+
     pub async fn is_linked(&self, upstream: usize, repo: &RepoName, digest: &Digest) -> bool {
         self.links
             .contains_key(&(upstream, repo.clone(), digest.clone()))
@@ -158,5 +182,29 @@ impl Cache {
     pub async fn forget(&self, digest: &Digest) {
         self.manifests.invalidate(digest).await;
         self.blob_sizes.invalidate(digest).await;
+        self.small_blobs.invalidate(digest).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_small_blobs_are_kept_and_forgetting_drops_them() {
+        let cache = Cache::new();
+        let small = Digest::sha256_of(b"small");
+        let large = Digest::sha256_of(b"large");
+        let max = usize::try_from(SMALL_BLOB_MAX).unwrap();
+        cache
+            .set_small_blob(&small, bytes::Bytes::from(vec![1; max]))
+            .await;
+        cache
+            .set_small_blob(&large, bytes::Bytes::from(vec![2; max + 1]))
+            .await;
+        assert_eq!(cache.small_blob(&small).await.map(|b| b.len()), Some(max));
+        assert!(cache.small_blob(&large).await.is_none());
+        cache.forget(&small).await;
+        assert!(cache.small_blob(&small).await.is_none());
     }
 }

@@ -117,7 +117,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Held until main returns: dropping it writes the lines still queued.
+    let _log_writer = init_logging();
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Ls(args) => done(operate(&args.data, |rt, config, out| {
@@ -245,14 +246,21 @@ fn load_with(file: Option<&Path>, overrides: &Overrides) -> Result<config::Confi
     config::load(&text, &source, overrides, &ProcessSecrets).map_err(|e| e.to_string())
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
-fn init_logging() {
+/// Logs go to stderr through a background writer thread; `RUST_LOG` filters
+/// them (default `info`). The returned guard flushes the queue when dropped.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::env::var_os("NO_COLOR").is_none()
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Not lossy: when the queue is full a request waits rather than a line
+    // being dropped (the access log is a record, not a sample).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi)
         .init();
+    guard
 }

@@ -25,7 +25,7 @@ use super::passthrough::PassThrough;
 use crate::oci::{Digest, RepoName};
 
 /// Bytes read from a file per chunk sent to a client.
-const READ_CHUNK: u64 = 256 * 1024;
+pub(crate) const READ_CHUNK: u64 = 256 * 1024;
 
 /// What a fill has done so far, as seen by its readers.
 #[derive(Debug, Clone)]
@@ -33,10 +33,14 @@ pub(crate) enum FillState {
     /// The upstream request is in flight; nothing is known yet.
     Connecting,
     /// The upstream answered; `written` bytes are in the temp file behind `file`.
+    /// `recent` holds the last bytes written (those just before `written`): a
+    /// reader that has caught up takes them from memory, without reading the
+    /// file (one copy and one blocking-pool trip fewer per chunk).
     Streaming {
         size: Option<u64>,
         written: u64,
         file: Arc<std::fs::File>,
+        recent: Bytes,
     },
     /// Verified, renamed into the store and indexed; `file` is the same inode.
     Committed { size: u64, file: Arc<std::fs::File> },
@@ -250,16 +254,20 @@ pub(crate) struct FileReader {
     pos: u64,
     end: u64,
     progress: Option<watch::Receiver<FillState>>,
+    /// Bytes from offset `pos` already read (by the open), sent before any read.
+    prefetched: Bytes,
 }
 
 impl FileReader {
-    /// A committed file of `len` bytes.
-    pub(crate) fn complete(file: std::fs::File, len: u64) -> Self {
+    /// A committed file of `len` bytes whose first bytes, `head`, were read
+    /// when it was opened.
+    pub(crate) fn complete(file: std::fs::File, len: u64, head: Bytes) -> Self {
         Self {
             file: Arc::new(file),
             pos: 0,
             end: len,
             progress: None,
+            prefetched: head,
         }
     }
 
@@ -269,11 +277,18 @@ impl FileReader {
             pos: 0,
             end,
             progress: Some(progress),
+            prefetched: Bytes::new(),
         }
     }
 
     /// Restricts the reader to bytes `start..end` (end exclusive).
     pub(crate) fn range(mut self, start: u64, end: u64) -> Self {
+        let skip = start.saturating_sub(self.pos);
+        self.prefetched = if skip < self.prefetched.len() as u64 && start >= self.pos {
+            self.prefetched.slice(skip as usize..)
+        } else {
+            Bytes::new()
+        };
         self.pos = start;
         self.end = end;
         self
@@ -296,7 +311,21 @@ impl FileReader {
     }
 
     async fn next_chunk(&mut self) -> io::Result<Bytes> {
-        let available = self.available().await?;
+        if !self.prefetched.is_empty() {
+            // Read when the file was opened: no trip to the blocking pool.
+            let mut chunk = std::mem::take(&mut self.prefetched);
+            chunk.truncate((self.end - self.pos).min(chunk.len() as u64) as usize);
+            self.pos += chunk.len() as u64;
+            return Ok(chunk);
+        }
+        let available = match self.available().await? {
+            Available::InFile(available) => available,
+            Available::InMemory(mut chunk) => {
+                chunk.truncate((self.end - self.pos).min(chunk.len() as u64) as usize);
+                self.pos += chunk.len() as u64;
+                return Ok(chunk);
+            }
+        };
         if self.pos >= self.end {
             return Ok(Bytes::new());
         }
@@ -316,13 +345,18 @@ impl FileReader {
 
     /// How many bytes of the file may be read: all of it when complete, else what
     /// the fill has published beyond `pos` (waiting until it publishes more).
-    async fn available(&mut self) -> io::Result<u64> {
+    async fn available(&mut self) -> io::Result<Available> {
         let Some(rx) = &mut self.progress else {
-            return Ok(self.end);
+            return Ok(Available::InFile(self.end));
         };
         let committed_size = loop {
             match &*rx.borrow_and_update() {
-                FillState::Streaming { written, size, .. } => {
+                FillState::Streaming {
+                    written,
+                    size,
+                    recent,
+                    ..
+                } => {
                     // The blob's last byte waits for the commit: a response that
                     // reaches the end of the blob must not complete (and satisfy
                     // its Content-Length) before the digest is checked, or a bad
@@ -330,7 +364,13 @@ impl FileReader {
                     let readable =
                         size.map_or(*written, |size| (*written).min(size.saturating_sub(1)));
                     if readable > self.pos {
-                        return Ok(readable);
+                        let recent_start = written - recent.len() as u64;
+                        if (recent_start..readable).contains(&self.pos) {
+                            let from = (self.pos - recent_start) as usize;
+                            let to = (readable - recent_start) as usize;
+                            return Ok(Available::InMemory(recent.slice(from..to)));
+                        }
+                        return Ok(Available::InFile(readable));
                     }
                 }
                 FillState::Committed { size, .. } => break *size,
@@ -349,6 +389,63 @@ impl FileReader {
         // The file is complete: read it like any committed file from now on.
         self.end = self.end.min(committed_size);
         self.progress = None;
-        Ok(self.end)
+        Ok(Available::InFile(self.end))
+    }
+}
+
+/// What a reader of a fill may read next.
+enum Available {
+    /// The file may be read up to this offset.
+    InFile(u64),
+    /// The bytes at the reader's position, still in memory.
+    InMemory(Bytes),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use bytes::Bytes;
+    use futures_util::TryStreamExt;
+
+    use super::FileReader;
+
+    /// A committed file of `len` bytes (byte i = i mod 251) whose first `head`
+    /// bytes were read at open.
+    fn committed(len: usize, head: usize) -> (Vec<u8>, FileReader) {
+        let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&content).unwrap();
+        let prefetched = Bytes::copy_from_slice(&content[..head]);
+        let reader = FileReader::complete(file, len as u64, prefetched);
+        (content, reader)
+    }
+
+    async fn read(reader: FileReader, start: u64, end: u64) -> Vec<u8> {
+        let chunks: Vec<Bytes> = reader
+            .range(start, end)
+            .into_stream()
+            .try_collect()
+            .await
+            .unwrap();
+        chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn ranges_read_from_the_prefetched_head_and_the_file_alike() {
+        let len = 3 * super::READ_CHUNK as usize + 17;
+        let head = super::READ_CHUNK as usize;
+        for (start, end) in [
+            (0, len),
+            (0, 10),
+            (5, 10),
+            (head - 3, head + 3),
+            (head, len),
+            (len - 1, len),
+        ] {
+            let (content, reader) = committed(len, head);
+            let got = read(reader, start as u64, end as u64).await;
+            assert!(got == content[start..end], "range {start}..{end}");
+        }
     }
 }

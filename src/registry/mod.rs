@@ -138,15 +138,23 @@ impl Registry {
         }
     }
 
-    /// Whether `repo` of `route` is known to have `digest` (memory, then index).
+    /// Whether `repo` of `route` is known to have `digest`: memory first, then
+    /// the index (a link found there is remembered in memory; a hit found in
+    /// memory writes nothing, not even to moka).
     async fn is_linked(
         &self,
         route: &Route,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<bool, Error> {
-        Ok(self.cache.is_linked(route.id, repo, digest).await
-            || self.index.is_linked(route.name(), repo, digest).await?)
+        if self.cache.is_linked(route.id, repo, digest).await {
+            return Ok(true);
+        }
+        let linked = self.index.is_linked(route.name(), repo, digest).await?;
+        if linked {
+            self.cache.set_linked(route.id, repo, digest).await;
+        }
+        Ok(linked)
     }
 
     /// Makes sure `repo` of `route` may be served `digest`: it may when the content
@@ -166,7 +174,6 @@ impl Registry {
         Fut: Future<Output = Result<(), crate::upstream::Error>>,
     {
         if self.is_linked(route, repo, digest).await? {
-            self.cache.set_linked(route.id, repo, digest).await;
             return Ok(Outcome::Hit);
         }
         confirm()
