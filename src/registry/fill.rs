@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::watch;
 
@@ -24,8 +24,12 @@ use super::Error;
 use super::passthrough::PassThrough;
 use crate::oci::{Digest, RepoName};
 
-/// Bytes read from a file per chunk sent to a client.
+/// Bytes read per chunk from a file a fill is still writing (many readers
+/// may follow one fill: each holds at most about two chunks).
 pub(crate) const READ_CHUNK: u64 = 256 * 1024;
+/// Bytes read per chunk from a committed file: larger, for a quarter of the
+/// trips to the blocking pool (each wakes two threads).
+const COMMITTED_READ_CHUNK: u64 = 1024 * 1024;
 
 /// What a fill has done so far, as seen by its readers.
 #[derive(Debug, Clone)]
@@ -256,6 +260,15 @@ pub(crate) struct FileReader {
     progress: Option<watch::Receiver<FillState>>,
     /// Bytes from offset `pos` already read (by the open), sent before any read.
     prefetched: Bytes,
+    /// Bytes per read: [`READ_CHUNK`] or [`COMMITTED_READ_CHUNK`].
+    chunk: u64,
+    /// The descriptor is this reader's alone (a committed file it opened), so it
+    /// may move the file offset: see [`read_own`].
+    exclusive: bool,
+    /// The read buffer, reused once the chunk cut from it has been sent: a fresh
+    /// 256 KiB allocation per chunk cost page faults and zeroing of new pages
+    /// (half the CPU of serving a warm 6 MiB blob, measured with perf).
+    buffer: BytesMut,
 }
 
 impl FileReader {
@@ -268,6 +281,9 @@ impl FileReader {
             end: len,
             progress: None,
             prefetched: head,
+            chunk: COMMITTED_READ_CHUNK,
+            exclusive: true,
+            buffer: BytesMut::new(),
         }
     }
 
@@ -278,6 +294,9 @@ impl FileReader {
             end,
             progress: Some(progress),
             prefetched: Bytes::new(),
+            chunk: READ_CHUNK,
+            exclusive: false,
+            buffer: BytesMut::new(),
         }
     }
 
@@ -329,16 +348,28 @@ impl FileReader {
         if self.pos >= self.end {
             return Ok(Bytes::new());
         }
-        let len = (available.min(self.end) - self.pos).min(READ_CHUNK) as usize;
+        let len = (available.min(self.end) - self.pos).min(self.chunk) as usize;
         let file = Arc::clone(&self.file);
         let pos = self.pos;
-        let chunk = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; len];
-            file.read_exact_at(&mut buf, pos)?;
-            Ok::<_, io::Error>(Bytes::from(buf))
+        if self.exclusive {
+            let chunk = tokio::task::spawn_blocking(move || read_own(&file, pos, len))
+                .await
+                .map_err(io::Error::other)??;
+            self.pos += chunk.len() as u64;
+            return Ok(chunk);
+        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        // Takes the allocation back if the last chunk cut from it is gone.
+        buffer.reserve(len);
+        let mut buffer = tokio::task::spawn_blocking(move || {
+            buffer.resize(len, 0);
+            file.read_exact_at(&mut buffer, pos)?;
+            Ok::<_, io::Error>(buffer)
         })
         .await
         .map_err(io::Error::other)??;
+        let chunk = buffer.split().freeze();
+        self.buffer = buffer;
         self.pos += chunk.len() as u64;
         Ok(chunk)
     }
@@ -391,6 +422,25 @@ impl FileReader {
         self.progress = None;
         Ok(Available::InFile(self.end))
     }
+}
+
+/// Reads `len` bytes at `pos` through the file offset of a descriptor no one
+/// else reads: `read_to_end` fills the buffer's spare capacity without zeroing
+/// it first (the zeroing `read_exact_at` needs was a tenth of the CPU of a warm
+/// 6 MiB blob under perf).
+fn read_own(file: &std::fs::File, pos: u64, len: usize) -> io::Result<Bytes> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = file;
+    file.seek(SeekFrom::Start(pos))?;
+    let mut buf = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the blob file is shorter than its size",
+        ));
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// What a reader of a fill may read next.
