@@ -115,13 +115,6 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .map(|size| size.as_u64())
 }
 
-/// mimalloc instead of glibc's malloc: serving blobs allocates and frees a
-/// 256 KiB read buffer per chunk, which glibc hands back to the kernel and
-/// takes again (page faults and zeroing on every chunk: half the CPU of a warm
-/// 6 MiB blob under perf); mimalloc keeps such blocks for reuse.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held until main returns: dropping it writes the lines still queued.
@@ -155,8 +148,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // File I/O runs on the blocking pool. tokio's default of 512 threads lets
+    // a herd of readers start one thread (and one allocator heap) each; 64 is
+    // far more than the disk can use concurrently and bounds that memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(64)
         .build()
     {
         Ok(runtime) => runtime,
