@@ -295,6 +295,9 @@ impl FillJob {
         guard: &FillGuard,
         progress: &watch::Sender<FillState>,
     ) -> Result<FillState, Error> {
+        if let Some(state) = self.committed_meanwhile().await? {
+            return Ok(state);
+        }
         let response = self
             .route_client
             .blob(Method::GET, &self.repo, &self.digest, None)
@@ -387,6 +390,28 @@ impl FillJob {
         }
         tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob cached");
         Ok(FillState::Committed { size, file })
+    }
+
+    /// The request that started this fill found nothing cached, but another
+    /// fill of the digest may have committed and left the in-flight map in
+    /// between: then its file is served (if this repository is linked to it)
+    /// instead of fetching the blob again.
+    async fn committed_meanwhile(&self) -> Result<Option<FillState>, Error> {
+        if self.index.content(&self.digest).await?.is_none()
+            || !self
+                .index
+                .is_linked(&self.upstream_name, &self.repo, &self.digest)
+                .await?
+        {
+            return Ok(None);
+        }
+        let Some(open) = self.store.open_blob_with_head(&self.digest, 0).await? else {
+            return Ok(None);
+        };
+        Ok(Some(FillState::Committed {
+            size: open.len,
+            file: Arc::new(open.file),
+        }))
     }
 
     /// Writes one batch of body bytes to the temp file and publishes the new
