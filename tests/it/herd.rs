@@ -128,15 +128,6 @@ fn count(lines: &[String], field: &str) -> usize {
     lines.iter().filter(|l| l.contains(field)).count()
 }
 
-/// The `Range` header of every storage GET of `digest`, in order.
-fn storage_gets(fake: &FakeUpstream, digest: &str) -> Vec<Option<String>> {
-    fake.requests()
-        .into_iter()
-        .filter(|s| s.host == Host::Storage && s.method == Method::GET && s.path.contains(digest))
-        .map(|s| s.range)
-        .collect()
-}
-
 /// After a fill committed: a GET is a hit (no upstream request at all) with the
 /// right bytes, logged as such.
 async fn assert_hit(fake: &FakeUpstream, regcache: &Regcache, path: &str, blob: &Bytes) {
@@ -292,7 +283,7 @@ async fn a_herd_on_a_body_cut_once_sees_one_get_and_one_ranged_get() {
         assert_whole(&got, &blob, &digest);
     }
     assert_eq!(
-        storage_gets(&fake, &digest),
+        fake.storage_gets(&digest),
         vec![None, Some(format!("bytes={cut}-"))]
     );
     assert!(blob_file(regcache.data_dir(), &digest).exists());
@@ -377,7 +368,7 @@ async fn a_failed_fill_then_a_new_one(fault: Fault) {
     for got in drain_all(responses, &blob).await {
         assert_whole(&got, &blob, &digest);
     }
-    let gets = storage_gets(&fake, &digest);
+    let gets = fake.storage_gets(&digest);
     assert_eq!(gets.len(), gets_per_failed_fill + 1, "{gets:?}");
     assert_eq!(gets.last(), Some(&None), "{gets:?}");
     assert!(blob_file(regcache.data_dir(), &digest).exists());
@@ -611,7 +602,7 @@ async fn ranges_that_join_a_fill_get_exactly_their_bytes() {
     assert_eq!(&open.ok_body()[..], &blob[from..]);
 
     // One fetch of the whole blob, whatever the clients' ranges; committed.
-    assert_eq!(storage_gets(&fake, &digest), vec![None]);
+    assert_eq!(fake.storage_gets(&digest), vec![None]);
     assert!(blob_file(regcache.data_dir(), &digest).exists());
     let lines = wait_for_access_lines(&regcache, &path, 3).await;
     assert_eq!(count(&lines, "status=206"), 3, "{lines:#?}");

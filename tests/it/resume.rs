@@ -14,15 +14,6 @@ use crate::support::regcache::Regcache;
 
 const MIB: usize = 1024 * 1024;
 
-/// The `Range` header of every storage GET of `digest`, in order.
-fn storage_gets(fake: &FakeUpstream, digest: &str) -> Vec<Option<String>> {
-    fake.requests()
-        .into_iter()
-        .filter(|s| s.host == Host::Storage && s.method == Method::GET && s.path.contains(digest))
-        .map(|s| s.range)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_cut_once_is_resumed_with_one_range_request() {
     let fake = FakeUpstream::k8s_like();
@@ -38,7 +29,7 @@ async fn a_body_cut_once_is_resumed_with_one_range_request() {
     assert_eq!(got.ok_body(), &image.layer);
     assert_eq!(sha256(&got.body), *d);
     assert_eq!(
-        storage_gets(&fake, d),
+        fake.storage_gets(d),
         vec![None, Some(format!("bytes={cut}-"))]
     );
     regcache.wait_for_log(&format!("offset={cut}"));
@@ -76,7 +67,7 @@ async fn readers_of_a_resumed_fill_get_every_byte() {
         assert_eq!(sha256(&body), *d);
     }
     assert_eq!(
-        storage_gets(&fake, d),
+        fake.storage_gets(d),
         vec![None, Some(format!("bytes={cut}-"))]
     );
     assert!(blob_file(regcache.data_dir(), d).exists());
@@ -106,7 +97,7 @@ async fn a_body_cut_every_time_fails_the_fill_after_three_resumes() {
     assert!(!blob_file(regcache.data_dir(), d).exists());
     let resumed = Some(format!("bytes={cut}-"));
     assert_eq!(
-        storage_gets(&fake, d),
+        fake.storage_gets(d),
         vec![None, resumed.clone(), resumed.clone(), resumed]
     );
 

@@ -348,6 +348,17 @@ impl FakeUpstream {
     }
 
     /// Every request seen so far, in order.
+    /// The `Range` header of every storage GET of `digest`, in order.
+    pub fn storage_gets(&self, digest: &str) -> Vec<Option<String>> {
+        self.requests()
+            .into_iter()
+            .filter(|s| {
+                s.host == Host::Storage && s.method == Method::GET && s.path.contains(digest)
+            })
+            .map(|s| s.range)
+            .collect()
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.shared.state().seen.clone()
     }
