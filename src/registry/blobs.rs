@@ -96,7 +96,12 @@ impl Registry {
                 if open.len == open.head.len() as u64 {
                     self.cache.set_small_blob(digest, open.head.clone()).await;
                 }
-                let reader = FileReader::complete(open.file, open.len, open.head);
+                let reader = FileReader::complete(
+                    open.file,
+                    open.len,
+                    open.head,
+                    Arc::clone(self.store.read_buffers()),
+                );
                 return Ok(reply(
                     digest,
                     Some(open.len),

@@ -23,13 +23,14 @@ use tokio::sync::watch;
 use super::Error;
 use super::passthrough::PassThrough;
 use crate::oci::{Digest, RepoName};
+use crate::store::ReadBuffers;
 
 /// Bytes read per chunk from a file a fill is still writing (many readers
 /// may follow one fill: each holds at most about two chunks).
 pub(crate) const READ_CHUNK: u64 = 256 * 1024;
 /// Bytes read per chunk from a committed file: larger, for a quarter of the
 /// trips to the blocking pool (each wakes two threads).
-const COMMITTED_READ_CHUNK: u64 = 1024 * 1024;
+const COMMITTED_READ_CHUNK: u64 = crate::store::READ_BUFFER_SIZE as u64;
 
 /// What a fill has done so far, as seen by its readers.
 #[derive(Debug, Clone)]
@@ -262,9 +263,10 @@ pub(crate) struct FileReader {
     prefetched: Bytes,
     /// Bytes per read: [`READ_CHUNK`] or [`COMMITTED_READ_CHUNK`].
     chunk: u64,
-    /// The descriptor is this reader's alone (a committed file it opened), so it
-    /// may move the file offset: see [`read_own`].
-    exclusive: bool,
+    /// Set when the descriptor is this reader's alone (a committed file it
+    /// opened): it may then move the file offset and read into pooled buffers
+    /// (see [`read_own`]).
+    exclusive: Option<Arc<ReadBuffers>>,
     /// The read buffer, reused once the chunk cut from it has been sent: a fresh
     /// 256 KiB allocation per chunk cost page faults and zeroing of new pages
     /// (half the CPU of serving a warm 6 MiB blob, measured with perf).
@@ -274,7 +276,12 @@ pub(crate) struct FileReader {
 impl FileReader {
     /// A committed file of `len` bytes whose first bytes, `head`, were read
     /// when it was opened.
-    pub(crate) fn complete(file: std::fs::File, len: u64, head: Bytes) -> Self {
+    pub(crate) fn complete(
+        file: std::fs::File,
+        len: u64,
+        head: Bytes,
+        buffers: Arc<ReadBuffers>,
+    ) -> Self {
         Self {
             file: Arc::new(file),
             pos: 0,
@@ -282,7 +289,7 @@ impl FileReader {
             progress: None,
             prefetched: head,
             chunk: COMMITTED_READ_CHUNK,
-            exclusive: true,
+            exclusive: Some(buffers),
             buffer: BytesMut::new(),
         }
     }
@@ -295,7 +302,7 @@ impl FileReader {
             progress: Some(progress),
             prefetched: Bytes::new(),
             chunk: READ_CHUNK,
-            exclusive: false,
+            exclusive: None,
             buffer: BytesMut::new(),
         }
     }
@@ -351,8 +358,9 @@ impl FileReader {
         let len = (available.min(self.end) - self.pos).min(self.chunk) as usize;
         let file = Arc::clone(&self.file);
         let pos = self.pos;
-        if self.exclusive {
-            let chunk = tokio::task::spawn_blocking(move || read_own(&file, pos, len))
+        if let Some(buffers) = &self.exclusive {
+            let buffers = Arc::clone(buffers);
+            let chunk = tokio::task::spawn_blocking(move || read_own(&file, pos, len, &buffers))
                 .await
                 .map_err(io::Error::other)??;
             self.pos += chunk.len() as u64;
@@ -425,22 +433,19 @@ impl FileReader {
 }
 
 /// Reads `len` bytes at `pos` through the file offset of a descriptor no one
-/// else reads: `read_to_end` fills the buffer's spare capacity without zeroing
-/// it first (the zeroing `read_exact_at` needs was a tenth of the CPU of a warm
-/// 6 MiB blob under perf).
-fn read_own(file: &std::fs::File, pos: u64, len: usize) -> io::Result<Bytes> {
-    use std::io::{Read, Seek, SeekFrom};
+/// else reads, into a pooled buffer's spare capacity: no zeroing (which
+/// `read_exact_at` needs, a tenth of the CPU of a warm 6 MiB blob under perf)
+/// and no fresh pages.
+fn read_own(
+    file: &std::fs::File,
+    pos: u64,
+    len: usize,
+    buffers: &Arc<ReadBuffers>,
+) -> io::Result<Bytes> {
+    use std::io::{Seek, SeekFrom};
     let mut file = file;
     file.seek(SeekFrom::Start(pos))?;
-    let mut buf = Vec::with_capacity(len);
-    file.take(len as u64).read_to_end(&mut buf)?;
-    if buf.len() < len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the blob file is shorter than its size",
-        ));
-    }
-    Ok(Bytes::from(buf))
+    buffers.read_exact(file, len)
 }
 
 /// What a reader of a fill may read next.
@@ -454,6 +459,7 @@ enum Available {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::sync::Arc;
 
     use bytes::Bytes;
     use futures_util::TryStreamExt;
@@ -467,7 +473,7 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&content).unwrap();
         let prefetched = Bytes::copy_from_slice(&content[..head]);
-        let reader = FileReader::complete(file, len as u64, prefetched);
+        let reader = FileReader::complete(file, len as u64, prefetched, Arc::default());
         (content, reader)
     }
 

@@ -24,6 +24,7 @@
 //! guarantees lower-case hex of the exact length), never publish unverified bytes,
 //! and holds no SQL: `reconcile` talks to the index only through its API.
 
+mod buffers;
 mod error;
 mod reconcile;
 mod writer;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
+pub use buffers::{READ_BUFFER_SIZE, ReadBuffers};
 pub use error::Error;
 pub use reconcile::{ReconcileReport, reconcile};
 pub use writer::BlobWriter;
@@ -47,6 +49,7 @@ use crate::oci::Digest;
 pub struct Store {
     blobs: Arc<Path>,
     tmp: Arc<Path>,
+    buffers: Arc<ReadBuffers>,
 }
 
 impl Store {
@@ -66,6 +69,7 @@ impl Store {
         Ok(Store {
             blobs: blobs.into(),
             tmp: tmp.into(),
+            buffers: Arc::default(),
         })
     }
 
@@ -79,6 +83,7 @@ impl Store {
         Ok(Store {
             blobs: blobs.into(),
             tmp: tmp.into(),
+            buffers: Arc::default(),
         })
     }
 
@@ -133,7 +138,8 @@ impl Store {
     ) -> Result<Option<OpenBlob>, Error> {
         let path = self.blob_path(digest);
         let opening = path.clone();
-        tokio::task::spawn_blocking(move || OpenBlob::open(&opening, head))
+        let buffers = Arc::clone(&self.buffers);
+        tokio::task::spawn_blocking(move || OpenBlob::open(&opening, head, &buffers))
             .await
             .map_err(|e| Error::io("open", &path)(io::Error::other(e)))?
     }
@@ -156,6 +162,11 @@ impl Store {
             .map_err(Error::io("stat", &path))?
             .len();
         Ok(Some((file, len)))
+    }
+
+    /// The pool that reads of committed files take their buffers from.
+    pub fn read_buffers(&self) -> &Arc<ReadBuffers> {
+        &self.buffers
     }
 
     /// Reads a whole small file (a manifest), `None` if absent; an error if it is
@@ -371,7 +382,10 @@ pub struct OpenBlob {
 }
 
 impl OpenBlob {
-    fn open(path: &Path, head: u64) -> Result<Option<Self>, Error> {
+    /// Opens `path` and reads its first `head` bytes (at most
+    /// [`READ_BUFFER_SIZE`]): a whole file into an allocation of its own, as it
+    /// may be kept in memory, the head of a larger one into a pooled buffer.
+    fn open(path: &Path, head: u64, buffers: &Arc<ReadBuffers>) -> Result<Option<Self>, Error> {
         use std::os::unix::fs::FileExt;
         let file = match std::fs::File::open(path) {
             Ok(file) => file,
@@ -379,13 +393,19 @@ impl OpenBlob {
             Err(e) => return Err(Error::io("open", path)(e)),
         };
         let len = file.metadata().map_err(Error::io("stat", path))?.len();
-        let mut buf = vec![0; head.min(len) as usize];
-        file.read_exact_at(&mut buf, 0)
-            .map_err(Error::io("read", path))?;
-        Ok(Some(Self {
-            file,
-            len,
-            head: Bytes::from(buf),
-        }))
+        let head = if head == 0 {
+            Bytes::new()
+        } else if head >= len {
+            let mut buf = vec![0; len as usize];
+            file.read_exact_at(&mut buf, 0)
+                .map_err(Error::io("read", path))?;
+            Bytes::from(buf)
+        } else {
+            // A fresh descriptor reads from offset 0.
+            buffers
+                .read_exact(&file, head.min(READ_BUFFER_SIZE as u64) as usize)
+                .map_err(Error::io("read", path))?
+        };
+        Ok(Some(Self { file, len, head }))
     }
 }
