@@ -26,6 +26,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The repository name as the client wrote it in the path.
+    pub fn name(&self) -> &RepoName {
+        match self {
+            Endpoint::Manifest { name, .. }
+            | Endpoint::Blob { name, .. }
+            | Endpoint::Tags { name }
+            | Endpoint::Referrers { name, .. } => name,
+        }
+    }
+
     /// Parses `rest`, the path after `/v2/` (already percent-decoded).
     pub fn parse(rest: &str) -> Result<Endpoint, ApiError> {
         let rest = rest.strip_suffix('/').unwrap_or(rest);

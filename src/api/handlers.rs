@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::negotiate;
 use super::range::{self, RangeRequest};
 use crate::oci::{Digest, Reference, RepoName};
-use crate::registry::{Outcome, Registry, Route};
+use crate::registry::{Outcome, Registry, Route, Routed};
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
@@ -43,34 +43,48 @@ impl Query {
     }
 }
 
-/// Serves one request under `/v2/`.
+/// Serves one request under `/v2/`. Every answer, errors included, echoes
+/// `OCI-Namespace` when the client routed with `ns`.
 pub async fn serve(
     registry: &Registry,
     method: &Method,
     endpoint: Endpoint,
     query: &Query,
     headers: &HeaderMap,
+) -> Response {
+    let mut response = route_and_serve(registry, method, endpoint, query, headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    if let Some(value) = query
+        .ns
+        .as_deref()
+        .and_then(|ns| HeaderValue::from_str(ns).ok())
+    {
+        response.headers_mut().insert(OCI_NAMESPACE, value);
+    }
+    response
+}
+
+async fn route_and_serve(
+    registry: &Registry,
+    method: &Method,
+    endpoint: Endpoint,
+    query: &Query,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let route = registry.route(query.ns.as_deref())?;
+    let Routed { route, repo } = registry.route(query.ns.as_deref(), endpoint.name())?;
     let head = *method == Method::HEAD;
-    let mut response = match endpoint {
-        Endpoint::Manifest { name, reference } => {
-            manifest(registry, route, &name, &reference, head, headers).await?
+    match endpoint {
+        Endpoint::Manifest { reference, .. } => {
+            manifest(registry, route, &repo, &reference, head, headers).await
         }
-        Endpoint::Blob { name, digest } => {
-            blob(registry, route, &name, &digest, head, headers).await?
-        }
-        Endpoint::Tags { name } => tags(registry, route, &name, query).await?,
-        Endpoint::Referrers { name, digest } => {
-            referrers(registry, route, &name, &digest, query).await?
-        }
-    };
-    if let Some(ns) = &query.ns {
-        if let Ok(value) = HeaderValue::from_str(ns) {
-            response.headers_mut().insert(OCI_NAMESPACE, value);
+        Endpoint::Blob { digest, .. } => blob(registry, route, &repo, &digest, head, headers).await,
+        // The tag list names the repository as the client asked for it.
+        Endpoint::Tags { name } => tags(registry, route, &repo, &name, query).await,
+        Endpoint::Referrers { digest, .. } => {
+            referrers(registry, route, &repo, &digest, query).await
         }
     }
-    Ok(response)
 }
 
 async fn manifest(
@@ -167,6 +181,7 @@ async fn blob(
 async fn tags(
     registry: &Registry,
     route: &Route,
+    repo: &RepoName,
     name: &RepoName,
     query: &Query,
 ) -> Result<Response, ApiError> {
@@ -176,7 +191,7 @@ async fn tags(
             ApiError::pagination_invalid(format!("n={raw:?} is not a non-negative integer"))
         })?),
     };
-    let (all, outcome) = registry.tags(route, name).await?;
+    let (all, outcome) = registry.tags(route, repo).await?;
     let after = query
         .last
         .as_deref()

@@ -10,6 +10,7 @@ mod access_log;
 mod endpoint;
 mod error;
 mod handlers;
+mod health;
 mod negotiate;
 mod range;
 
@@ -20,18 +21,24 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use endpoint::Endpoint;
 pub use error::ApiError;
+pub use health::{HEALTHZ, READYZ};
 
 use crate::ops::server_stats::Counters;
 use crate::registry::Registry;
 
-/// The router for `registry`; every finished request is counted in `counters`.
+/// The router for `registry`: the health probes, and the registry API, where
+/// every finished request is logged and counted in `counters`.
 pub fn router(registry: Arc<Registry>, counters: Arc<Counters>) -> Router {
+    let probes = Router::new()
+        .route(health::HEALTHZ, get(health::healthz))
+        .route(health::READYZ, get(health::readyz))
+        .with_state(Arc::clone(&registry));
     Router::new()
         .route("/v2", any(version_check))
         .route("/v2/", any(version_check))
@@ -46,6 +53,7 @@ pub fn router(registry: Arc<Registry>, counters: Arc<Counters>) -> Router {
             HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),
         ))
+        .merge(probes)
 }
 
 /// `GET /v2/`: the API version check. Anonymous: no auth challenge, ever.
@@ -85,9 +93,7 @@ async fn dispatch(
         Err(e) => return e.into_response(),
     };
     let query = handlers::Query::parse(raw_query.as_deref());
-    handlers::serve(&registry, &method, endpoint, &query, &headers)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    handlers::serve(&registry, &method, endpoint, &query, &headers).await
 }
 
 fn is_read(method: &Method) -> bool {

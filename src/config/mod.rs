@@ -78,10 +78,24 @@ pub struct UpstreamConfig {
     pub credentials: Option<Credentials>,
 }
 
+/// The hosts Docker Hub answers to. An upstream named by any of them answers
+/// to all three, and gets `library/` before one-component repository names.
+pub const DOCKER_HUB_HOSTS: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
 impl UpstreamConfig {
-    /// Whether `host` (an `ns` value) names this upstream.
+    /// Whether `host` (an `ns` value or a path prefix) names this upstream.
     pub fn answers_to(&self, host: &str) -> bool {
-        self.name == host || self.aliases.iter().any(|a| a == host)
+        self.hosts().any(|h| h == host)
+    }
+
+    /// Whether this upstream is Docker Hub (by one of its names).
+    pub fn is_docker_hub(&self) -> bool {
+        self.hosts().any(|h| DOCKER_HUB_HOSTS.contains(&h))
+    }
+
+    /// The name, then the aliases.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
     }
 }
 

@@ -191,3 +191,54 @@ fn upstream_table_rules() {
     let single = format!("{base}[[upstream]]\nname='a'\nurl='http://a'\n");
     assert!(load_str(&single).unwrap().upstreams[0].default);
 }
+
+#[test]
+fn docker_hub_answers_to_its_three_hosts() {
+    let base = "[server]\nlisten='127.0.0.1:1'\n[storage]\ndata_dir='d'\n";
+    let hub = format!(
+        "{base}[[upstream]]\nname='k'\nurl='http://k'\ndefault=true\n\
+         [[upstream]]\nname='index.docker.io'\nurl='https://registry-1.docker.io'\n"
+    );
+    let config = load_str(&hub).unwrap();
+    let up = &config.upstreams[1];
+    assert!(up.is_docker_hub());
+    for host in DOCKER_HUB_HOSTS {
+        assert!(up.answers_to(host), "{host}");
+    }
+    assert!(!config.upstreams[0].is_docker_hub());
+    // Two upstreams cannot both be Docker Hub.
+    let twice = format!("{hub}[[upstream]]\nname='docker.io'\nurl='http://mirror'\n");
+    let err = load_str(&twice).unwrap_err();
+    assert!(keys(&err).iter().all(|k| *k == "upstream[2]"), "{err}");
+}
+
+#[test]
+fn names_and_aliases_must_be_registry_hosts() {
+    let base = "[server]\nlisten='127.0.0.1:1'\n[storage]\ndata_dir='d'\n";
+    let with = |name: &str| {
+        load_str(&format!(
+            "{base}[[upstream]]\nname='{name}'\nurl='http://a'\naliases=['ok.example:5000']\n"
+        ))
+    };
+    for good in [
+        "quay.io",
+        "localhost:5000",
+        "my-registry.internal",
+        "10.0.0.1:443",
+    ] {
+        assert!(with(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "Quay.io",
+        "quay.io/path",
+        "-x.io",
+        "x.io:",
+        "x.io:0",
+        "x..io",
+        "x_y.io",
+    ] {
+        let err = with(bad).unwrap_err();
+        assert_eq!(keys(&err), ["upstream[0]"], "{bad}");
+    }
+}

@@ -255,10 +255,26 @@ impl Walker {
                 self.error("upstream", "one upstream needs default = true");
             }
         }
+        for u in upstreams.iter_mut().filter(|u| u.is_docker_hub()) {
+            for host in DOCKER_HUB_HOSTS {
+                if !u.answers_to(host) {
+                    u.aliases.push(host.to_owned());
+                }
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in upstreams.iter().enumerate() {
-            for host in std::iter::once(&u.name).chain(&u.aliases) {
-                if !seen.insert(host.clone()) {
+            for host in u.hosts() {
+                if !is_registry_host(host) {
+                    self.error(
+                        &format!("upstream[{i}]"),
+                        format!(
+                            "{host:?} is not a registry host (lower-case letters, digits, \
+                             '.' and '-', with an optional :port)"
+                        ),
+                    );
+                }
+                if !seen.insert(host.to_owned()) {
                     self.error(
                         &format!("upstream[{i}]"),
                         format!("name or alias {host:?} is used twice"),
@@ -451,4 +467,21 @@ impl Walker {
             }
         }
     }
+}
+
+/// `host[:port]` as clients write it in image names: lower-case DNS labels
+/// (letters, digits, inner `-`) joined by `.`, then an optional port.
+fn is_registry_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    name.split('.').all(label) && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }

@@ -60,6 +60,15 @@ impl Index {
         })
     }
 
+    /// Whether the database answers a query on its schema (the readiness probe).
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.read("ping", |conn| {
+            conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM content)")?
+                .query_row([], |_| Ok(()))
+        })
+        .await
+    }
+
     /// The content row for `digest`, if committed.
     pub async fn content(&self, digest: &Digest) -> Result<Option<ContentRow>, Error> {
         let digest = digest.clone();

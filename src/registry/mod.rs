@@ -13,62 +13,31 @@ mod fill;
 mod manifests;
 mod outcome;
 mod passthrough;
+mod routes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use blobs::{BlobBody, BlobReply};
 pub use discovery::Referrers;
 pub use error::Error;
 pub use manifests::Manifest;
 pub use outcome::Outcome;
+pub use routes::{Route, Routed};
 
 use crate::cache::Cache;
-use crate::config::{Config, UpstreamConfig};
+use crate::config::Config;
 use crate::evict::Evictor;
 use crate::index::Index;
 use crate::oci::{Digest, RepoName};
 use crate::store::Store;
 use crate::upstream::Upstream;
 use fill::Fills;
-
-/// One configured upstream and its client.
-#[derive(Debug)]
-pub struct Route {
-    /// Position in the configuration; stable for the life of the process.
-    id: usize,
-    config: UpstreamConfig,
-    client: Upstream,
-}
-
-impl Route {
-    /// The upstream's name (the registry host clients use).
-    pub fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn tag_ttl(&self) -> Duration {
-        self.config.tag_ttl
-    }
-
-    /// GET or HEAD of a blob from this upstream, its 404 as `BlobUnknown`.
-    async fn fetch_blob(
-        &self,
-        method: http::Method,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<crate::upstream::Response, Error> {
-        self.client
-            .blob(method, repo, digest, None)
-            .await
-            .map_err(|e| Error::from_upstream(self.name(), e, Error::BlobUnknown))
-    }
-}
+use routes::Routes;
 
 /// The pull-through registry.
 #[derive(Debug)]
 pub struct Registry {
-    routes: Vec<Route>,
+    routes: Routes,
     store: Store,
     index: Index,
     cache: Cache,
@@ -95,7 +64,8 @@ impl Registry {
                     client: Upstream::new(up)?,
                 })
             })
-            .collect::<Result<_, crate::upstream::Error>>()?;
+            .collect::<Result<_, crate::upstream::Error>>()
+            .map(Routes::new)?;
         let cache = Cache::new();
         let evictor = Arc::new(Evictor::new(
             config.eviction.budget(),
@@ -115,27 +85,26 @@ impl Registry {
         })
     }
 
+    /// Whether this registry can serve: its index answers and its store's
+    /// directories are there. The upstreams play no part: a cache whose upstream
+    /// is down still serves what it holds.
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.index.ping().await?;
+        self.store.check().await?;
+        Ok(())
+    }
+
     /// The disk budget's enforcer (load it before serving, spawn its task).
     pub fn evictor(&self) -> &Arc<Evictor> {
         &self.evictor
     }
 
-    /// The upstream a request goes to: the one whose name or alias equals `ns`
-    /// (containerd's `?ns=`), else the default. The table is closed: an unknown
-    /// `ns` is an error, never a host we dial.
-    pub fn route(&self, ns: Option<&str>) -> Result<&Route, Error> {
-        match ns {
-            Some(ns) => self
-                .routes
-                .iter()
-                .find(|r| r.config.answers_to(ns))
-                .ok_or_else(|| Error::UnknownNamespace(ns.to_owned())),
-            None => Ok(self
-                .routes
-                .iter()
-                .find(|r| r.config.default)
-                .unwrap_or(&self.routes[0])),
-        }
+    /// The upstream a request for `name` goes to and the repository name it has
+    /// there (see `routes`): by `ns` (containerd's `?ns=`), else by a path
+    /// prefix naming an upstream, else the default. The table is closed: an
+    /// unknown name is an error, never a host we dial.
+    pub fn route(&self, ns: Option<&str>, name: &RepoName) -> Result<Routed<'_>, Error> {
+        self.routes.resolve(ns, name)
     }
 
     /// Whether `repo` of `route` is known to have `digest`: memory first, then

@@ -164,6 +164,24 @@ impl Store {
         Ok(Some((file, len)))
     }
 
+    /// Checks that `blobs/` and `tmp/` are still directories (the readiness
+    /// probe): a data volume unmounted under a running server fails it.
+    pub async fn check(&self) -> Result<(), Error> {
+        let dirs = [Arc::clone(&self.blobs), Arc::clone(&self.tmp)];
+        tokio::task::spawn_blocking(move || {
+            for dir in &dirs {
+                let meta = fs::metadata(dir).map_err(Error::io("stat", dir))?;
+                if !meta.is_dir() {
+                    let e = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
+                    return Err(Error::io("stat", dir)(e));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::io("stat", &self.blobs)(io::Error::other(e)))?
+    }
+
     /// The pool that reads of committed files take their buffers from.
     pub fn read_buffers(&self) -> &Arc<ReadBuffers> {
         &self.buffers

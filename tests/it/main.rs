@@ -22,4 +22,6 @@ mod packaging;
 mod pull;
 /// Fills resumed with a Range request after a cut upstream body; permanent cuts.
 mod resume;
+/// Several upstreams: ns, path-prefix and default routing, Docker Hub's library/, the closed table, per-upstream tags, health probes.
+mod routing;
 mod support;
