@@ -28,8 +28,7 @@ use crate::store::ReadBuffers;
 /// Bytes read per chunk from a file a fill is still writing (many readers
 /// may follow one fill: each holds at most about two chunks).
 pub(crate) const READ_CHUNK: u64 = 256 * 1024;
-/// Bytes read per chunk from a committed file: larger, for a quarter of the
-/// trips to the blocking pool (each wakes two threads).
+/// Bytes read per chunk from a committed file: one pooled buffer.
 const COMMITTED_READ_CHUNK: u64 = crate::store::READ_BUFFER_SIZE as u64;
 
 /// What a fill has done so far, as seen by its readers.

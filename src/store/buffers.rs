@@ -14,10 +14,15 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-/// Bytes per pooled buffer, and so the most one read may return.
-pub const READ_BUFFER_SIZE: usize = 1024 * 1024;
-/// Idle buffers kept for reuse: enough for 16 connections with a chunk each.
-const MAX_IDLE: usize = 16;
+/// Bytes per pooled buffer, and so the most one read may return. A chunk this
+/// size stays in a core's L2 cache between the read that writes it and the
+/// send that reads it: serving a warm 6 MiB blob took 0.33 CPU-s/GB with
+/// 256 KiB buffers, 0.43 with 128 KiB (more trips to the blocking pool) and
+/// 0.35 to 0.6 with 1 MiB (measured with wrk, 16 connections).
+pub const READ_BUFFER_SIZE: usize = 256 * 1024;
+/// Idle buffers kept for reuse (8 MiB): 16 connections with two chunks each in
+/// flight, hyper's queue and the next read.
+const MAX_IDLE: usize = 32;
 
 /// Buffers of [`READ_BUFFER_SIZE`] bytes, reused across reads and requests.
 #[derive(Debug)]

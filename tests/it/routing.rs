@@ -133,7 +133,8 @@ async fn ns_path_prefix_and_default_reach_their_own_upstream() {
     // Docker Hub was only ever asked for library/alpine.
     let front = |s: &crate::support::fake::Seen| s.host == Host::Front;
     assert_eq!(
-        up.hub.count(|s| front(s) && s.path.starts_with("/v2/library/alpine/")),
+        up.hub
+            .count(|s| front(s) && s.path.starts_with("/v2/library/alpine/")),
         up.hub.count(front)
     );
 }
