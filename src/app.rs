@@ -16,8 +16,9 @@ use crate::ops::server_stats::{Counters, StatsWriter};
 use crate::registry::Registry;
 use crate::store::{self, Store};
 
-/// How long in-flight responses may finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long in-flight responses may finish after a shutdown signal. Public so
+/// the Kubernetes manifests' termination grace period can be checked against it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often the request counters are written for `regcache stats`.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 

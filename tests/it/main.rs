@@ -6,6 +6,8 @@
 mod api;
 /// Helpers for the fake-upstream tests (client, seeded image, data-dir checks).
 mod common;
+/// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary.
+mod deploy;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
 mod evict;
 /// Upstream down/500, tag TTL, wrong bytes, cut bodies, crash mid-fill, peak RSS.
