@@ -20,6 +20,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,13 @@ pub struct Upstream {
 struct Inner {
     name: String,
     base: Url,
+    /// The path `/v2` is at: `/v2`, or `/<path>/v2` for a registry served
+    /// under a path.
+    api_root: String,
+    /// Put before every repository name, in paths and token scopes alike: the
+    /// `<prefix>` of a URL ending in `/v2/<prefix>` (another regcache's
+    /// path-prefix route, e.g. `http://regional:5000/v2/docker.io`).
+    repo_prefix: Option<String>,
     client: reqwest::Client,
     auth: Authorizer,
     manifest_accept: HeaderValue,
@@ -95,9 +103,20 @@ impl Upstream {
                 config.name
             )));
         }
+        let (api_root, repo_prefix) = split_api_path(config.url.path());
+        if let Some(prefix) = &repo_prefix {
+            if format!("{prefix}/x").parse::<RepoName>().is_err() {
+                return Err(Error::Protocol(format!(
+                    "upstream {}: {prefix:?} after /v2/ in its URL is not a repository prefix",
+                    config.name
+                )));
+            }
+        }
         let inner = Inner {
             name: config.name.clone(),
             base: config.url.clone(),
+            api_root,
+            repo_prefix,
             client: build_client(config)?,
             auth: Authorizer::new(config),
             manifest_accept: HeaderValue::from_str(&media_type::ALL_MANIFESTS.join(", "))
@@ -112,6 +131,17 @@ impl Upstream {
         &self.inner.name
     }
 
+    /// `repo` as this upstream names it: behind the URL's repository prefix, if any.
+    fn qualified<'a>(&self, repo: &'a RepoName) -> Result<Cow<'a, RepoName>, Error> {
+        let Some(prefix) = &self.inner.repo_prefix else {
+            return Ok(Cow::Borrowed(repo));
+        };
+        format!("{prefix}/{repo}")
+            .parse()
+            .map(Cow::Owned)
+            .map_err(|e| Error::Protocol(format!("{prefix}/{repo}: {e}")))
+    }
+
     /// GET or HEAD `/v2/<repo>/manifests/<reference>`, accepting every manifest
     /// media type (one header, comma-separated), whatever the client accepts.
     pub async fn manifest(
@@ -120,6 +150,7 @@ impl Upstream {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Response, Error> {
+        let repo = &*self.qualified(repo)?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, self.inner.manifest_accept.clone());
         let url = self.endpoint(&format!("{repo}/manifests/{reference}"));
@@ -141,6 +172,7 @@ impl Upstream {
         digest: &Digest,
         range_start: Option<u64>,
     ) -> Result<Response, Error> {
+        let repo = &*self.qualified(repo)?;
         let mut headers = HeaderMap::new();
         if let Some(start) = range_start {
             let range = HeaderValue::try_from(format!("bytes={start}-"))
@@ -164,6 +196,7 @@ impl Upstream {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Response, Error> {
+        let repo = &*self.qualified(repo)?;
         let mut url = self.endpoint(&format!("{repo}/referrers/{digest}"));
         if let Some(artifact_type) = artifact_type {
             url.query_pairs_mut()
@@ -180,10 +213,10 @@ impl Upstream {
         .await
     }
 
-    /// `<base>/v2/<tail>`, keeping any path prefix of the configured URL.
+    /// `<api root>/<tail>` on the configured URL's origin.
     fn endpoint(&self, tail: &str) -> Url {
         let mut url = self.inner.base.clone();
-        let path = format!("{}/v2/{tail}", url.path().trim_end_matches('/'));
+        let path = format!("{}/{tail}", self.inner.api_root);
         url.set_path(&path);
         url.set_query(None);
         url.set_fragment(None);
@@ -344,4 +377,18 @@ fn build_client(config: &UpstreamConfig) -> Result<reqwest::Client, Error> {
 /// means a provider is installed already, which is all that is needed.
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Splits a configured URL's path into the API root and a repository prefix:
+/// `/v2/<prefix>` keeps `/v2` at the root and prefixes repositories; any other
+/// path (`/mirror`) is where a registry served under a path has its `/v2`.
+fn split_api_path(path: &str) -> (String, Option<String>) {
+    let path = path.trim_end_matches('/');
+    if let Some(root) = path.strip_suffix("/v2") {
+        return (format!("{root}/v2"), None);
+    }
+    match path.split_once("/v2/") {
+        Some((root, prefix)) => (format!("{root}/v2"), Some(prefix.to_owned())),
+        None => (format!("{path}/v2"), None),
+    }
 }

@@ -29,6 +29,7 @@ struct TagPage {
 impl Upstream {
     /// The full tag list, over every upstream page.
     pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, Error> {
+        let repo = &*self.qualified(repo)?;
         let mut url = self.endpoint(&format!("{repo}/tags/list"));
         let mut visited = HashSet::new();
         let mut tags = Vec::new();

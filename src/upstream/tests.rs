@@ -653,3 +653,46 @@ async fn base_path_prefix_and_referrers_query() {
     assert_eq!(seen.header("accept"), Some(media_type::OCI_INDEX));
     assert_eq!(upstream.name(), "test.example");
 }
+
+#[tokio::test]
+async fn a_url_ending_in_v2_and_a_prefix_puts_the_prefix_before_every_repository() {
+    let fake = Fake::start(|_| body(media_type::OCI_INDEX, "{}")).await;
+    let upstream = Upstream::new(&config(&fake.url("/v2/docker.io/"))).unwrap();
+    upstream
+        .manifest(Method::GET, &repo("library/alpine"), &tag("3"))
+        .await
+        .unwrap();
+    upstream.tags(&repo("x")).await.unwrap();
+    let paths: Vec<String> = fake.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v2/docker.io/library/alpine/manifests/3",
+            "/v2/docker.io/x/tags/list"
+        ]
+    );
+    // A plain /v2 root is no prefix at all.
+    let plain = Upstream::new(&config(&fake.url("/v2"))).unwrap();
+    plain.tags(&repo("x")).await.unwrap();
+    assert_eq!(fake.seen()[2].path, "/v2/x/tags/list");
+    // What follows /v2/ must be able to start a repository name.
+    assert!(Upstream::new(&config(&fake.url("/v2/Not_Valid"))).is_err());
+}
+
+#[test]
+fn api_paths_split_into_root_and_repository_prefix() {
+    use super::split_api_path;
+    let split = |p: &str| split_api_path(p);
+    assert_eq!(split("/"), ("/v2".to_owned(), None));
+    assert_eq!(split(""), ("/v2".to_owned(), None));
+    assert_eq!(split("/mirror/"), ("/mirror/v2".to_owned(), None));
+    assert_eq!(split("/v2/"), ("/v2".to_owned(), None));
+    assert_eq!(
+        split("/v2/docker.io"),
+        ("/v2".to_owned(), Some("docker.io".to_owned()))
+    );
+    assert_eq!(
+        split("/r/v2/a/b/"),
+        ("/r/v2".to_owned(), Some("a/b".to_owned()))
+    );
+}
