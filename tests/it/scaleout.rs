@@ -306,7 +306,8 @@ impl Ring {
     }
 }
 
-/// Each URI served by exactly one replica since `since`: the ring was stable.
+/// Each URI of `routes` went to exactly one replica (the ring was stable);
+/// returns which.
 #[track_caller]
 fn one_replica_each(routes: &BTreeMap<String, BTreeSet<usize>>) -> BTreeMap<String, usize> {
     routes
