@@ -26,4 +26,6 @@ mod pull;
 mod resume;
 /// Several upstreams: ns, path-prefix and default routing, Docker Hub's library/, the closed table, per-upstream tags, health probes.
 mod routing;
+/// Scale-out shapes: replicas behind nginx's consistent hash, edge and regional tiers.
+mod scaleout;
 mod support;

@@ -11,4 +11,6 @@ pub mod docker_registry;
 pub mod fake;
 /// Test images as plain data: OCI 3 layers, Docker manifest list, 1 GiB layer.
 pub mod images;
+/// Debian's nginx in front of regcache replicas, on a generated nginx.conf.
+pub mod nginx;
 pub mod regcache;
