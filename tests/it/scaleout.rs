@@ -650,3 +650,77 @@ async fn tiers_when_things_go_down(
     pull_via(&edges[1], image, "", 4 * CLIENTS).await;
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }
+
+/// An edge reaches every registry of one regional: each of its `[[upstream]]`
+/// tables points at the regional's path-prefix route for that registry
+/// (`http://regional/v2/ghcr.io`), and the regional asks the right upstream,
+/// token flow included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_reaches_every_registry_of_its_regional_by_path_prefix() {
+    let k8s = FakeUpstream::k8s_like();
+    let ghcr = FakeUpstream::k8s_like_with_token();
+    let pause = crate::common::seed_image(&k8s, "pause", "3.9", 3000);
+    let tool = crate::common::seed_image(&ghcr, "org/tool", "v1", 5000);
+    let upstreams = |k8s_url: &str, ghcr_url: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"./unused\"\n\
+             [[upstream]]\nname = \"registry.k8s.io\"\nurl = \"{k8s_url}\"\ndefault = true\n\
+             aliases = [\"k8s.gcr.io\"]\n\
+             [[upstream]]\nname = \"ghcr.io\"\nurl = \"{ghcr_url}\"\n"
+        )
+    };
+    let regional = Regcache::builder()
+        .config_toml(upstreams(&k8s.url(), &ghcr.url()))
+        .start();
+    let r = regional.url();
+    let edge = Regcache::builder()
+        .config_toml(upstreams(
+            &format!("{r}/v2/registry.k8s.io"),
+            &format!("{r}/v2/ghcr.io"),
+        ))
+        .start();
+    let e = edge.url();
+    for _ in 0..2 {
+        for (path, image) in [
+            ("pause", &pause),
+            ("k8s.gcr.io/pause", &pause),
+            ("ghcr.io/org/tool", &tool),
+        ] {
+            let manifest =
+                send(client().get(format!("{e}/v2/{path}/manifests/{}", image.tag))).await;
+            assert_eq!(manifest.ok_body(), &image.manifest, "{path}");
+            let layer =
+                send(client().get(format!("{e}/v2/{path}/blobs/{}", image.layer_digest))).await;
+            assert_eq!(layer.ok_body(), &image.layer, "{path}");
+        }
+        let tool_by_ns = format!("{e}/v2/org/tool/blobs/{}?ns=ghcr.io", tool.layer_digest);
+        assert_eq!(send(client().get(tool_by_ns)).await.ok_body(), &tool.layer);
+    }
+    for (fake, image) in [(&k8s, &pause), (&ghcr, &tool)] {
+        assert_eq!(
+            fake.hits_on(Host::Front, Method::GET, &image.layer_digest),
+            1
+        );
+        assert_eq!(
+            fake.count(
+                |s| s.path.contains("/v2/ghcr.io/") || s.path.contains("/v2/registry.k8s.io/")
+            ),
+            0
+        );
+        fake.assert_no_violations();
+    }
+    assert_eq!(
+        k8s.hits(&tool.layer_digest) + ghcr.hits(&pause.layer_digest),
+        0
+    );
+    // The regional was asked by path prefix, once per blob (its access log is
+    // written when each body ends, so wait for the lines).
+    let asked_once = |prefix: &str, digest: &str| {
+        served(&regional).get(&format!("/v2/{prefix}/blobs/{digest}")) == Some(&1)
+    };
+    wait_for("the regional's log", || {
+        asked_once("ghcr.io/org/tool", &tool.layer_digest)
+            && asked_once("registry.k8s.io/pause", &pause.layer_digest)
+    })
+    .await;
+}
