@@ -250,7 +250,7 @@ impl Registry {
         self.store
             .put_small(&digest, &bytes)
             .await
-            .map_err(super::blobs::mismatch_to_error)?;
+            .map_err(super::fill_job::mismatch_to_error)?;
         let row = ContentRow {
             digest: digest.clone(),
             size,

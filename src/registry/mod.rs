@@ -10,6 +10,7 @@ mod blobs;
 mod discovery;
 mod error;
 mod fill;
+mod fill_job;
 mod manifests;
 mod outcome;
 mod passthrough;

@@ -1,0 +1,448 @@
+//! The fill task: one upstream fetch of a blob, detached from the request that
+//! started it. It reserves room in the disk budget, streams the upstream body
+//! into a `store::BlobWriter` in batches (hashed while written), publishes each
+//! batch to the fill's readers, resumes a broken body with `Range` requests, and
+//! commits (digest and size checked, file renamed, row and links indexed), or
+//! fails so every reader's body is aborted.
+//!
+//! It must never publish a byte as committed before the commit, and never stop
+//! because its clients are gone.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, Stream, StreamExt};
+use http::Method;
+use tokio::sync::watch;
+
+use super::Error;
+use super::fill::{FillError, FillGuard, FillState};
+use super::passthrough::PassThrough;
+use crate::evict::{Admission, Evictor};
+use crate::index::ContentRow;
+use crate::oci::{Digest, RepoName};
+use crate::store;
+
+/// Everything a detached fill task needs; owns clones so it outlives the request.
+pub(super) struct FillJob {
+    pub(super) route_id: usize,
+    pub(super) route_client: crate::upstream::Upstream,
+    pub(super) upstream_name: String,
+    pub(super) repo: RepoName,
+    pub(super) digest: Digest,
+    pub(super) store: store::Store,
+    pub(super) index: crate::index::Index,
+    pub(super) cache: crate::cache::Cache,
+    pub(super) evictor: Arc<Evictor>,
+}
+
+impl FillJob {
+    pub(super) async fn run(self, guard: FillGuard, progress: watch::Sender<FillState>) {
+        let state = match self.fetch(&guard, &progress).await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "blob fill failed");
+                FillState::Failed(std::sync::Arc::new(FillError::from_error(&e)))
+            }
+        };
+        // Out of the in-flight map first: a request arriving from now on starts
+        // a new fill (after a failure) or finds the committed blob, instead of
+        // joining a fill that has ended.
+        drop(guard);
+        progress.send_replace(state);
+    }
+
+    /// Streams the upstream body into the store, publishing progress, and commits.
+    async fn fetch(
+        &self,
+        guard: &FillGuard,
+        progress: &watch::Sender<FillState>,
+    ) -> Result<FillState, Error> {
+        if let Some(state) = self.committed_meanwhile().await? {
+            return Ok(state);
+        }
+        let response = self
+            .route_client
+            .blob(Method::GET, &self.repo, &self.digest, None)
+            .await
+            .map_err(|e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown))?;
+        let size = response.content_length();
+        // Room on disk before the first byte is written (or no caching at all).
+        let admission = self.evictor.reserve(size.unwrap_or(0)).await;
+        let mut reservation = match admission {
+            Admission::Reserved(reservation) => reservation,
+            Admission::TooLarge | Admission::NoRoom => {
+                let max_size = self.evictor.budget().max_size;
+                if matches!(admission, Admission::TooLarge) {
+                    tracing::info!(digest = %self.digest, repo = %self.repo, size, max_size, "blob larger than the cache budget; streaming without caching");
+                } else {
+                    tracing::warn!(digest = %self.digest, repo = %self.repo, size, max_size, "no room in the cache budget (pinned content and fills in flight hold it); streaming without caching");
+                }
+                let body = PassThrough::new(response.into_stream(), self.digest.clone(), size);
+                return Ok(FillState::PassThrough {
+                    size,
+                    body: Arc::new(std::sync::Mutex::new(Some(body))),
+                });
+            }
+        };
+        let mut writer = self.store.writer(self.digest.clone()).await?;
+        let file = std::sync::Arc::new(std::fs::File::open(writer.temp_path())?);
+        progress.send_replace(FillState::Streaming {
+            size,
+            written: 0,
+            file: std::sync::Arc::clone(&file),
+            recent: Bytes::new(),
+        });
+        let mut body = body_of(response);
+        // Bytes of the current body already written (a resume answered 200).
+        let mut skip = 0u64;
+        let mut resumes = 0;
+        while let Some((batch, broke)) = next_batch(&mut body, &mut skip).await {
+            if !batch.is_empty() {
+                self.write_batch(&mut writer, &mut reservation, size, batch, progress)
+                    .await?;
+            }
+            match broke {
+                None => {}
+                // Every byte arrived before the break: the commit checks them.
+                Some(_) if size == Some(writer.written()) => break,
+                Some(e) => {
+                    // The connection broke mid-body: ask for the rest; readers
+                    // keep waiting on the same temp file meanwhile.
+                    let (resumed, skip_bytes) =
+                        self.resume(writer.written(), size, e, &mut resumes).await?;
+                    body = body_of(resumed);
+                    skip = skip_bytes;
+                }
+            }
+        }
+        // Eviction leaves this digest alone from the rename until the row exists.
+        let commit_guard = self.evictor.commit_guard(&self.digest).await;
+        let size = writer.commit(size).await.map_err(mismatch_to_error)?;
+        let row = ContentRow {
+            digest: self.digest.clone(),
+            size,
+            media_type: None,
+        };
+        let new_row = self
+            .index
+            .insert_content(&row, &self.upstream_name, &self.repo)
+            .await?;
+        reservation.commit(size, new_row);
+        drop(commit_guard);
+        self.cache.set_blob_size(&self.digest, size).await;
+        self.cache
+            .set_linked(self.route_id, &self.repo, &self.digest)
+            .await;
+        for repo in guard.take_joined() {
+            // The content is committed: a failed link only costs a later HEAD.
+            match self
+                .index
+                .link(&self.upstream_name, &repo, &self.digest)
+                .await
+            {
+                Ok(()) => {
+                    self.cache
+                        .set_linked(self.route_id, &repo, &self.digest)
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %self.digest, %repo, error = %e, "cannot link a confirmed repository")
+                }
+            }
+        }
+        tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob cached");
+        Ok(FillState::Committed { size, file })
+    }
+
+    /// The request that started this fill found nothing cached, but another
+    /// fill of the digest may have committed and left the in-flight map in
+    /// between: then its file is served (if this repository is linked to it)
+    /// instead of fetching the blob again.
+    async fn committed_meanwhile(&self) -> Result<Option<FillState>, Error> {
+        if self.index.content(&self.digest).await?.is_none()
+            || !self
+                .index
+                .is_linked(&self.upstream_name, &self.repo, &self.digest)
+                .await?
+        {
+            return Ok(None);
+        }
+        let Some(open) = self.store.open_blob_with_head(&self.digest, 0).await? else {
+            return Ok(None);
+        };
+        Ok(Some(FillState::Committed {
+            size: open.len,
+            file: Arc::new(open.file),
+        }))
+    }
+
+    /// Writes one batch of body bytes to the temp file and publishes the new
+    /// length to the fill's readers.
+    async fn write_batch(
+        &self,
+        writer: &mut store::BlobWriter,
+        reservation: &mut crate::evict::Reservation,
+        size: Option<u64>,
+        batch: Bytes,
+        progress: &watch::Sender<FillState>,
+    ) -> Result<(), Error> {
+        if size.is_none() && !reservation.grow(batch.len() as u64).await {
+            return Err(Error::BadContent(
+                "a blob without Content-Length outgrew the cache budget".into(),
+            ));
+        }
+        writer.write(batch.clone()).await?;
+        let written = writer.written();
+        if size.is_some_and(|size| written > size) {
+            return Err(Error::BadContent(format!(
+                "upstream sent more than its Content-Length of {size:?} bytes"
+            )));
+        }
+        progress.send_modify(|state| {
+            if let FillState::Streaming {
+                written: w, recent, ..
+            } = state
+            {
+                *w = written;
+                *recent = batch;
+            }
+        });
+        Ok(())
+    }
+
+    /// The upstream body broke after `written` bytes (`error`): asks for the
+    /// rest with `Range: bytes=<written>-`, after a short backoff, while fewer
+    /// than [`RESUME_BACKOFF`]`.len()` resumes were tried for this fill. Returns
+    /// the new response and how many of its leading bytes are already written
+    /// (0 for a `206` starting at `written`; `written` for a `200` that ignored
+    /// the Range, so the hasher still sees each byte once). An answer that
+    /// cannot be a continuation, a 404 or a denial ends the fill at once.
+    async fn resume(
+        &self,
+        written: u64,
+        size: Option<u64>,
+        mut error: crate::upstream::Error,
+        resumes: &mut usize,
+    ) -> Result<(crate::upstream::Response, u64), Error> {
+        let fail = |e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown);
+        while let Some(backoff) = RESUME_BACKOFF.get(*resumes) {
+            *resumes += 1;
+            tracing::info!(digest = %self.digest, repo = %self.repo, offset = written, attempt = *resumes, error = %error, "upstream blob body broke; resuming with a Range request");
+            tokio::time::sleep(*backoff).await;
+            let response = match self
+                .route_client
+                .blob(Method::GET, &self.repo, &self.digest, Some(written))
+                .await
+            {
+                Ok(response) => response,
+                Err(e) if e.is_unavailable() => {
+                    error = e;
+                    continue;
+                }
+                Err(e) => return Err(fail(e)),
+            };
+            let skip = continuation(&response, written, size).map_err(|m| {
+                fail(crate::upstream::Error::Protocol(format!(
+                    "cannot resume blob {} at byte {written}: {m}",
+                    self.digest
+                )))
+            })?;
+            return Ok((response, skip));
+        }
+        Err(fail(error))
+    }
+}
+
+/// A batch of body bytes grows to at most this size before it is written.
+/// hyper hands over a chunk per socket read (often 16 KiB or less): one write,
+/// one trip to the blocking pool and one wake-up of every reader per chunk made
+/// a cold pull about 3× slower than a direct one. The cap bounds the memory a
+/// batch holds (readers that caught up are handed slices of it).
+const BATCH_BYTES: usize = 1024 * 1024;
+
+type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, crate::upstream::Error>> + Send>>;
+
+fn body_of(response: crate::upstream::Response) -> Body {
+    // Fused: `next_batch` may poll again after the body has ended.
+    Box::pin(response.into_stream().fuse())
+}
+
+/// The next batch of body bytes: waits for one chunk, then joins the chunks
+/// already received behind it, up to [`BATCH_BYTES`]; a body that trickles is
+/// still written chunk by chunk, so readers never wait for a batch to fill.
+/// The first `skip` bytes (already written before a resume that answered 200)
+/// are dropped. `None` at the end of the body; an error comes with the bytes
+/// received before it.
+async fn next_batch(
+    body: &mut Body,
+    skip: &mut u64,
+) -> Option<(Bytes, Option<crate::upstream::Error>)> {
+    let mut item = Some(body.next().await?);
+    let mut chunks = Vec::new();
+    let mut len = 0;
+    let mut broke = None;
+    while let Some(next) = item.take() {
+        match next {
+            Ok(chunk) => {
+                let n = (*skip).min(chunk.len() as u64);
+                *skip -= n;
+                if n < chunk.len() as u64 {
+                    len += chunk.len() - n as usize;
+                    chunks.push(chunk.slice(n as usize..));
+                }
+            }
+            Err(e) => {
+                broke = Some(e);
+                break;
+            }
+        }
+        if len >= BATCH_BYTES {
+            break;
+        }
+        item = body.next().now_or_never().flatten();
+    }
+    // Always a copy, even of a single chunk: readers hold the batch (and hyper
+    // queues it on their sockets), and a chunk is a slice of hyper's whole read
+    // buffer, which it would keep alive. With 50 readers of a trickling body
+    // that pinned buffers added up to a peak RSS over 100 MiB.
+    Some((Bytes::from(chunks.concat()), broke))
+}
+
+/// Pauses before each resume of a broken upstream body; its length is how many
+/// resumes one fill may try before it fails.
+const RESUME_BACKOFF: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+    std::time::Duration::from_secs(1),
+];
+
+/// Whether `response` to `Range: bytes=<written>-` continues a blob of `size`
+/// (if known): a `206` must start exactly at `written` and agree on the total;
+/// a `200` (Range ignored) is the whole blob again, whose first `written` bytes
+/// are to be skipped. Returns how many leading bytes to skip.
+fn continuation(
+    response: &crate::upstream::Response,
+    written: u64,
+    size: Option<u64>,
+) -> Result<u64, String> {
+    match response.status() {
+        http::StatusCode::PARTIAL_CONTENT => {
+            let range = response
+                .content_range()
+                .ok_or("a 206 without a valid Content-Range")?;
+            if range.first != written {
+                return Err(format!("the 206 starts at byte {}", range.first));
+            }
+            if let (Some(size), Some(total)) = (size, range.total) {
+                if size != total {
+                    return Err(format!(
+                        "the 206 says the blob has {total} bytes, not {size}"
+                    ));
+                }
+            }
+            Ok(0)
+        }
+        http::StatusCode::OK => {
+            if let (Some(size), Some(length)) = (size, response.content_length()) {
+                if size != length {
+                    return Err(format!("the 200 has {length} bytes, not {size}"));
+                }
+            }
+            Ok(written)
+        }
+        status => Err(format!("unexpected status {status}")),
+    }
+}
+
+/// A store commit that failed verification becomes the registry's digest error.
+pub(super) fn mismatch_to_error(e: store::Error) -> Error {
+    match e {
+        store::Error::DigestMismatch { expected, actual } => {
+            Error::DigestMismatch { expected, actual }
+        }
+        other => Error::Store(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BATCH_BYTES, Body, continuation, next_batch};
+    use crate::upstream::Response;
+    use bytes::Bytes;
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> Response {
+        let mut builder = http::Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let inner = reqwest::Response::from(builder.body(Vec::<u8>::new()).unwrap());
+        Response::new(inner, "http://upstream.test/blob".parse().unwrap())
+    }
+
+    #[test]
+    fn a_206_continues_only_from_the_written_offset_with_the_same_total() {
+        let ok = response(206, &[("content-range", "bytes 7-99/100")]);
+        assert_eq!(continuation(&ok, 7, Some(100)), Ok(0));
+        assert_eq!(continuation(&ok, 7, None), Ok(0));
+        assert!(continuation(&ok, 8, Some(100)).is_err());
+        assert!(continuation(&ok, 7, Some(101)).is_err());
+        let unknown_total = response(206, &[("content-range", "bytes 7-99/*")]);
+        assert_eq!(continuation(&unknown_total, 7, Some(100)), Ok(0));
+        assert!(continuation(&response(206, &[]), 7, Some(100)).is_err());
+    }
+
+    #[test]
+    fn a_200_is_the_whole_blob_again_and_its_prefix_is_skipped() {
+        let whole = response(200, &[("content-length", "100")]);
+        assert_eq!(continuation(&whole, 7, Some(100)), Ok(7));
+        assert!(continuation(&whole, 7, Some(99)).is_err());
+        assert_eq!(continuation(&response(200, &[]), 7, None), Ok(7));
+        assert!(continuation(&response(204, &[]), 7, None).is_err());
+    }
+
+    fn body(items: Vec<Result<Bytes, crate::upstream::Error>>) -> Body {
+        use futures_util::StreamExt;
+        Box::pin(futures_util::stream::iter(items).fuse())
+    }
+
+    fn chunk(byte: u8, len: usize) -> Result<Bytes, crate::upstream::Error> {
+        Ok(Bytes::from(vec![byte; len]))
+    }
+
+    #[tokio::test]
+    async fn chunks_received_together_are_written_as_one_batch() {
+        let mut body = body(vec![chunk(1, 10), chunk(2, 20), chunk(3, 30)]);
+        let mut skip = 0;
+        let (batch, broke) = next_batch(&mut body, &mut skip).await.unwrap();
+        assert!(broke.is_none());
+        let mut want = vec![1; 10];
+        want.extend([2; 20]);
+        want.extend([3; 30]);
+        assert_eq!(batch, want);
+        assert!(next_batch(&mut body, &mut skip).await.is_none());
+        // Polling the ended body again is still the end.
+        assert!(next_batch(&mut body, &mut skip).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_its_byte_cap() {
+        let mut body = body(vec![chunk(1, BATCH_BYTES), chunk(2, 5)]);
+        let mut skip = 0;
+        let (first, _) = next_batch(&mut body, &mut skip).await.unwrap();
+        assert_eq!(first.len(), BATCH_BYTES);
+        let (second, _) = next_batch(&mut body, &mut skip).await.unwrap();
+        assert_eq!(second, vec![2; 5]);
+    }
+
+    #[tokio::test]
+    async fn the_skipped_prefix_spans_chunks_and_an_error_keeps_the_bytes_before_it() {
+        let broken = Err(crate::upstream::Error::Protocol("cut".into()));
+        let mut body = body(vec![chunk(1, 4), chunk(2, 4), broken, chunk(3, 4)]);
+        let mut skip = 6;
+        let (batch, broke) = next_batch(&mut body, &mut skip).await.unwrap();
+        assert_eq!(skip, 0);
+        assert_eq!(batch, vec![2; 2]);
+        assert!(broke.is_some());
+    }
+}
