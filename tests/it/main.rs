@@ -26,6 +26,8 @@ mod pull;
 mod resume;
 /// Several upstreams: ns, path-prefix and default routing, Docker Hub's library/, the closed table, per-upstream tags, health probes.
 mod routing;
+/// The docs/guides snippets, read from the guides, pulled by containerd, podman and skopeo through one regcache with three upstreams.
+mod routing_interop;
 /// Scale-out shapes: replicas behind nginx's consistent hash, edge and regional tiers.
 mod scaleout;
 mod support;

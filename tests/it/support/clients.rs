@@ -164,11 +164,13 @@ struct ContainersConfig {
 
 impl ContainersConfig {
     fn new(mirror: &str) -> ContainersConfig {
+        Self::with_registries_conf(&registries_conf(mirror))
+    }
+
+    /// A configuration whose registries.conf is exactly `text`.
+    fn with_registries_conf(text: &str) -> ContainersConfig {
         let dir = tempfile::tempdir().expect("temp dir");
-        write(
-            &dir.path().join("registries.conf"),
-            &registries_conf(mirror),
-        );
+        write(&dir.path().join("registries.conf"), text);
         write(&dir.path().join("policy.json"), POLICY_JSON);
         std::fs::create_dir(dir.path().join("tmp")).expect("mkdir tmp");
         ContainersConfig { dir }
@@ -193,7 +195,24 @@ impl ContainersConfig {
 /// stores the manifests and blobs byte for byte (`manifest.json`,
 /// `<hex>.manifest.json` per instance with `--all`, `<hex>` per blob).
 pub fn skopeo_copy(mirror: &str, reference: &str, platforms: Platforms) -> Result<Stored, String> {
-    let conf = ContainersConfig::new(mirror);
+    skopeo_copy_in(&ContainersConfig::new(mirror), reference, platforms)
+}
+
+/// [`skopeo_copy`] with a caller's whole registries.conf (any mirror form).
+pub fn skopeo_copy_with_conf(
+    registries_conf: &str,
+    reference: &str,
+    platforms: Platforms,
+) -> Result<Stored, String> {
+    let conf = ContainersConfig::with_registries_conf(registries_conf);
+    skopeo_copy_in(&conf, reference, platforms)
+}
+
+fn skopeo_copy_in(
+    conf: &ContainersConfig,
+    reference: &str,
+    platforms: Platforms,
+) -> Result<Stored, String> {
     let out = conf.path("out");
     let mut cmd = Command::new("skopeo");
     conf.apply(&mut cmd);
@@ -373,22 +392,32 @@ pub fn containerd_pull(
     reference: &str,
     platforms: Platforms,
 ) -> Result<Stored, String> {
+    let hosts = [(REGISTRY.to_string(), hosts_toml(mirror))];
+    containerd_pull_with_hosts(&hosts, reference, platforms)
+}
+
+/// [`containerd_pull`] with a caller's hosts directory: one
+/// `(registry host, hosts.toml text)` per `<dir>/<host>/hosts.toml`.
+pub fn containerd_pull_with_hosts(
+    hosts: &[(String, String)],
+    reference: &str,
+    platforms: Platforms,
+) -> Result<Stored, String> {
     let containerd = Containerd::start()?;
-    let result = containerd_pull_with(&containerd, mirror, reference, platforms);
+    let result = containerd_pull_with(&containerd, hosts, reference, platforms);
     result.map_err(|e| format!("{e}\ncontainerd log:\n{}", tail(&containerd.log(), 30)))
 }
 
 fn containerd_pull_with(
     containerd: &Containerd,
-    mirror: &str,
+    hosts_files: &[(String, String)],
     reference: &str,
     platforms: Platforms,
 ) -> Result<Stored, String> {
     let hosts = containerd.dir.path().join("hosts");
-    write(
-        &hosts.join(REGISTRY).join("hosts.toml"),
-        &hosts_toml(mirror),
-    );
+    for (host, text) in hosts_files {
+        write(&hosts.join(host).join("hosts.toml"), text);
+    }
     let mut pull = containerd.ctr();
     pull.args(["images", "pull", "--snapshotter", "native", "--hosts-dir"])
         .arg(&hosts);
@@ -440,7 +469,26 @@ pub fn podman_pull(
     reference: &str,
     platforms: Platforms,
 ) -> Result<Stored, String> {
-    let conf = ContainersConfig::new(mirror);
+    podman_pull_in(&ContainersConfig::new(mirror), image, reference, platforms)
+}
+
+/// [`podman_pull`] with a caller's whole registries.conf (any mirror form).
+pub fn podman_pull_with_conf(
+    registries_conf: &str,
+    image: &Image,
+    reference: &str,
+    platforms: Platforms,
+) -> Result<Stored, String> {
+    let conf = ContainersConfig::with_registries_conf(registries_conf);
+    podman_pull_in(&conf, image, reference, platforms)
+}
+
+fn podman_pull_in(
+    conf: &ContainersConfig,
+    image: &Image,
+    reference: &str,
+    platforms: Platforms,
+) -> Result<Stored, String> {
     let root = conf.path("root");
     let storage_conf = format!(
         "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
