@@ -206,6 +206,26 @@ fn docker_hub_answers_to_its_three_hosts() {
         assert!(up.answers_to(host), "{host}");
     }
     assert!(!config.upstreams[0].is_docker_hub());
+    // Pins name Docker Hub repositories as clients do.
+    let pinned = "[server]\nlisten='127.0.0.1:1'\n\
+         [storage]\ndata_dir='d'\npins=['docker.io/alpine:3.*', 'index.docker.io/bitnami/*', 'k/x']\n\
+         [[upstream]]\nname='k'\nurl='http://k'\ndefault=true\n\
+         [[upstream]]\nname='index.docker.io'\nurl='https://registry-1.docker.io'\n";
+    let pins: Vec<String> = load_str(pinned)
+        .unwrap()
+        .eviction
+        .pins
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(
+        pins,
+        [
+            "index.docker.io/library/alpine:3.*",
+            "index.docker.io/bitnami/*",
+            "k/x"
+        ]
+    );
     // Two upstreams cannot both be Docker Hub.
     let twice = format!("{hub}[[upstream]]\nname='docker.io'\nurl='http://mirror'\n");
     let err = load_str(&twice).unwrap_err();

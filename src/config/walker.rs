@@ -136,7 +136,8 @@ impl Walker {
                 .map(|u| u.name.clone())
         };
         for (i, text) in raw.iter().enumerate() {
-            match crate::evict::Pin::parse(text, resolve) {
+            let text = docker_hub_pin(text, upstreams);
+            match crate::evict::Pin::parse(&text, resolve) {
                 Ok(pin) => pins.push(pin),
                 Err(e) => self.error(&format!("storage.pins[{i}]"), e),
             }
@@ -466,6 +467,23 @@ impl Walker {
                 None
             }
         }
+    }
+}
+
+/// A pin on Docker Hub names repositories as clients do (`docker.io/alpine:*`);
+/// they are stored as Docker Hub names them (`library/alpine`), as requests are.
+fn docker_hub_pin(text: &str, upstreams: &[UpstreamConfig]) -> String {
+    let Some((host, rest)) = text.split_once('/') else {
+        return text.to_owned();
+    };
+    let repo = rest.split_once(':').map_or(rest, |(repo, _)| repo);
+    let hub = upstreams
+        .iter()
+        .any(|u| u.answers_to(host) && u.is_docker_hub());
+    if hub && !repo.contains('/') && !repo.contains('*') {
+        format!("{host}/library/{rest}")
+    } else {
+        text.to_owned()
     }
 }
 
