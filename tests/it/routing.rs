@@ -8,7 +8,7 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::common::{Image, blob_file, get, head, seed_image};
+use crate::common::{Image, blob_file, get, head, seed_image, three_upstreams_toml};
 use crate::support::fake::{Content, FakeUpstream, Host};
 use crate::support::regcache::Regcache;
 
@@ -28,27 +28,7 @@ impl ThreeUpstreams {
             FakeUpstream::k8s_like(),
             FakeUpstream::k8s_like_with_token(),
         );
-        let config = format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-[storage]
-data_dir = "./unused"
-[[upstream]]
-name = "registry.k8s.io"
-url = "{}"
-default = true
-aliases = ["k8s.gcr.io"]
-[[upstream]]
-name = "docker.io"
-url = "{}"
-[[upstream]]
-name = "ghcr.io"
-url = "{}"
-"#,
-            k8s.url(),
-            hub.url(),
-            ghcr.url()
-        );
+        let config = three_upstreams_toml(&k8s.url(), &hub.url(), &ghcr.url());
         let regcache = Regcache::builder().config_toml(config).start();
         Self {
             k8s,

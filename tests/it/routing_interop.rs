@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use reqwest::Method;
 
+use crate::common::three_upstreams_toml;
 use crate::support::clients::{
     CLOSED_UPSTREAM, Client, Platforms, Stored, containerd_pull_with_hosts, podman_pull_with_conf,
     skopeo_copy_with_conf, verify,
@@ -159,27 +160,7 @@ impl Upstreams {
     /// regcache's configuration: registry.k8s.io the default with alias
     /// k8s.gcr.io, docker.io and ghcr.io.
     fn regcache(&self) -> Regcache {
-        let config = format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-[storage]
-data_dir = "./unused"
-[[upstream]]
-name = "registry.k8s.io"
-url = "{}"
-default = true
-aliases = ["k8s.gcr.io"]
-[[upstream]]
-name = "docker.io"
-url = "{}"
-[[upstream]]
-name = "ghcr.io"
-url = "{}"
-"#,
-            self.k8s.url(),
-            self.hub.url(),
-            self.ghcr.url()
-        );
+        let config = three_upstreams_toml(&self.k8s.url(), &self.hub.url(), &self.ghcr.url());
         Regcache::builder().config_toml(config).start()
     }
 
