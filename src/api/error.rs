@@ -164,6 +164,12 @@ impl IntoResponse for ApiError {
             "errors": [{ "code": self.code, "message": self.message, "detail": null }]
         });
         let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

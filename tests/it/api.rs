@@ -167,11 +167,13 @@ async fn the_api_is_read_only() {
             &format!("/v2/pause/blobs/{D}"),
             &format!("/v2/pause/manifests/{D}"),
         ] {
-            assert_raw_error(
-                &raw(addr, method, target),
-                405,
-                "UNSUPPORTED",
-                &format!("{method} {target}"),
+            let answer = raw(addr, method, target);
+            assert_raw_error(&answer, 405, "UNSUPPORTED", &format!("{method} {target}"));
+            let allow = answer.1.iter().find(|(name, _)| name == "allow");
+            assert_eq!(
+                allow.map(|(_, value)| value.as_str()),
+                Some("GET, HEAD"),
+                "{method} {target}"
             );
         }
     }
