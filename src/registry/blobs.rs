@@ -140,13 +140,24 @@ impl Registry {
         .await
     }
 
-    /// HEAD of a blob we don't have: the upstream's answer, without fetching bytes.
+    /// HEAD of a blob we don't have: the size a fill for this very repository
+    /// has learnt from the upstream (the upstream is serving it the blob right
+    /// now), else the upstream's answer, without fetching bytes.
     async fn head_cold_blob(
         &self,
         route: &Route,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobReply, Error> {
+        let owner = FillOwner {
+            upstream: route.id,
+            repo: repo.clone(),
+        };
+        if let Some(fill) = self.fills.get(digest).filter(|fill| fill.owner == owner) {
+            if let Some(size) = fill.wait_size().await {
+                return Ok(reply(digest, Some(size), Outcome::Follow, None));
+            }
+        }
         let response = route.fetch_blob(Method::HEAD, repo, digest).await?;
         Ok(reply(
             digest,

@@ -159,6 +159,24 @@ impl Fill {
         }
     }
 
+    /// Waits until the upstream has answered and returns the blob's size, if
+    /// the upstream sent one. Never takes a pass-through body (unlike
+    /// [`Fill::wait_started`]); `None` for a fill that failed or ended unseen.
+    pub(crate) async fn wait_size(&self) -> Option<u64> {
+        let mut rx = self.progress.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                FillState::Connecting => {}
+                FillState::Streaming { size, .. } | FillState::PassThrough { size, .. } => {
+                    return *size;
+                }
+                FillState::Committed { size, .. } => return Some(*size),
+                FillState::Failed(_) => return None,
+            }
+            rx.changed().await.ok()?;
+        }
+    }
+
     /// Records that the upstream confirmed `repo` has this blob, for the fill to
     /// link once its content is indexed. False if the fill has already indexed
     /// its content and linked its repositories: the caller links `repo` itself.
@@ -190,6 +208,12 @@ pub(crate) struct Fills {
 }
 
 impl Fills {
+    /// The fill of `digest` in progress, if any.
+    pub(crate) fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        let inflight = self.inflight.lock().expect("fills lock poisoned");
+        inflight.get(digest).cloned()
+    }
+
     /// Joins the fill for `digest`, or registers a new one and hands its progress
     /// sender to `start`, which must spawn the detached fetch. Returns the fill and
     /// whether this call started it.

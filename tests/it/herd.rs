@@ -707,3 +707,46 @@ async fn a_herd_on_a_stale_tag_makes_one_upstream_revalidation() {
     assert_eq!(count(&lines, "outcome=\"miss\""), 2, "{lines:#?}");
     assert_eq!(count(&lines, "outcome=\"hit\""), 30, "{lines:#?}");
 }
+
+/// A HEAD from the repository a fill is fetching for is answered from that
+/// fill (its size is what the upstream just announced), without another
+/// upstream request; a HEAD from another repository still asks the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_during_a_fill_is_answered_by_the_fill() {
+    let fake = FakeUpstream::k8s_like();
+    let blob = random_bytes(4 * MIB);
+    let digest = fake.put_blob("herd", blob.clone());
+    fake.link_blob("other", &digest);
+    fake.pause_after(&digest, MIB as u64);
+    let regcache = Regcache::with_upstream(fake.url());
+    let base = regcache.url();
+    let mut body = herd(&format!("{base}/v2/herd/blobs/{digest}"), 1).await;
+    let first = tokio::time::timeout(WAIT, body[0].chunk())
+        .await
+        .expect("first bytes")
+        .expect("a chunk")
+        .expect("not the end");
+    assert_eq!(&first[..], &blob[..first.len()]);
+
+    let got = crate::common::head(&format!("{base}/v2/herd/blobs/{digest}")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(
+        got.header("content-length"),
+        Some(blob.len().to_string().as_str())
+    );
+    assert_eq!(got.header("docker-content-digest"), Some(digest.as_str()));
+    assert!(got.body.is_empty());
+    assert_eq!(fake.hits_on(Host::Front, Method::HEAD, &digest), 0);
+    // Another repository's HEAD needs the upstream's word that it has the blob.
+    let other = crate::common::head(&format!("{base}/v2/other/blobs/{digest}")).await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(fake.hits_on(Host::Front, Method::HEAD, &digest), 1);
+
+    fake.resume(&digest);
+    let mut rest = first.to_vec();
+    while let Some(chunk) = body[0].chunk().await.expect("body") {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, blob);
+    assert_eq!(fake.hits_on(Host::Front, Method::GET, &digest), 1);
+}
