@@ -114,24 +114,11 @@ idle_timeout = "{idle_timeout}"
 /// A config.toml with three upstreams at the given URLs: `registry.k8s.io`
 /// (the default, alias `k8s.gcr.io`), `docker.io` and `ghcr.io`.
 pub fn three_upstreams_toml(k8s: &str, hub: &str, ghcr: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-[storage]
-data_dir = "./unused"
-[[upstream]]
-name = "registry.k8s.io"
-url = "{k8s}"
-default = true
-aliases = ["k8s.gcr.io"]
-[[upstream]]
-name = "docker.io"
-url = "{hub}"
-[[upstream]]
-name = "ghcr.io"
-url = "{ghcr}"
-"#
-    )
+    let others = format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{hub}\"\n\
+         [[upstream]]\nname = \"ghcr.io\"\nurl = \"{ghcr}\"\n"
+    );
+    config_toml_with(k8s, "5m", "30s", &others)
 }
 
 /// A response read to its end (or to the error that ended it).
