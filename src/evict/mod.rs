@@ -24,6 +24,7 @@
 //! schema's unit), ties broken by insertion order.
 
 mod access;
+mod budget;
 mod pins;
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 pub use access::AccessRecorder;
+pub use budget::Budget;
 pub use pins::{Pin, Pins};
 
 use crate::cache::Cache;
@@ -50,28 +52,6 @@ pub enum Error {
     Index(#[from] index::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
-}
-
-/// The disk budget in bytes: never more than `max_size` committed or reserved;
-/// past `high`, evict down to `low`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Budget {
-    pub max_size: u64,
-    pub high: u64,
-    pub low: u64,
-}
-
-impl Budget {
-    /// Watermarks are fractions of `max_size` (`0 < low <= high <= 1`, checked by
-    /// `config`).
-    pub fn new(max_size: u64, high_watermark: f64, low_watermark: f64) -> Self {
-        let of = |f: f64| ((max_size as f64 * f) as u64).min(max_size);
-        Self {
-            max_size,
-            high: of(high_watermark),
-            low: of(low_watermark),
-        }
-    }
 }
 
 /// What one eviction pass (or `regcache gc`) did.
