@@ -258,7 +258,8 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static, log: &Arc<Mutex<String>>) {
+/// Copies a child's output, line by line, into `log` (on its own thread).
+pub fn collect(stream: impl std::io::Read + Send + 'static, log: &Arc<Mutex<String>>) {
     let log = Arc::clone(log);
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
