@@ -6,12 +6,12 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use moka::future::Cache as Moka;
 
+use crate::oci::Manifest;
 use crate::oci::{Digest, RepoName, Tag};
-use crate::registry::Manifest;
 
 /// Memory budget for cached manifest bytes.
 const MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
@@ -76,22 +76,14 @@ impl Cache {
         }
     }
 
-    /// The digest of a tag checked less than `ttl` ago.
-    pub async fn fresh_tag(
+    /// The digest a tag was last known to point at, and when that was checked.
+    pub async fn tag(
         &self,
         upstream: usize,
         repo: &RepoName,
         tag: &Tag,
-        ttl: Duration,
-    ) -> Option<Digest> {
-        let (digest, checked_at) = self
-            .tags
-            .get(&(upstream, repo.clone(), tag.clone()))
-            .await?;
-        let age = SystemTime::now()
-            .duration_since(checked_at)
-            .unwrap_or_default();
-        (age < ttl).then_some(digest)
+    ) -> Option<(Digest, SystemTime)> {
+        self.tags.get(&(upstream, repo.clone(), tag.clone())).await
     }
 
     pub async fn set_tag(

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::registry;
-use crate::upstream;
 
 /// An error answer: status, OCI code and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,42 +102,36 @@ impl ApiError {
 
 impl From<registry::Error> for ApiError {
     fn from(e: registry::Error) -> Self {
-        use registry::Error as E;
-        let message = e.to_string();
-        let mut api = match &e {
-            E::UnknownNamespace(_) => Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message),
-            E::NameUnknown => Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message),
-            E::ManifestUnknown => Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
-            E::BlobUnknown => Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message),
-            E::Unavailable { source, .. } => match source {
-                upstream::Error::TooManyRequests { .. } => {
-                    Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message)
-                }
-                _ => Self::unavailable(message),
-            },
-            E::Upstream { source, .. } => match source {
-                upstream::Error::Denied { .. } => {
-                    Self::new(StatusCode::FORBIDDEN, "DENIED", message)
-                }
-                _ => Self::bad_gateway(message),
-            },
-            E::FillFailed {
-                unavailable: true, ..
-            } => Self::unavailable(message),
-            E::DigestMismatch { .. } | E::BadContent(_) | E::FillFailed { .. } => {
-                Self::bad_gateway(message)
-            }
-            E::Store(_) | E::Index(_) | E::Local(_) => Self::internal(),
-        };
-        if let E::Unavailable {
-            source: upstream::Error::TooManyRequests { retry_after },
-            ..
-        } = &e
-        {
-            api.retry_after = Some(retry_after.map_or(1, |d| d.as_secs().max(1)));
-        }
+        let mut api = Self::answer_to(&e);
         api.log_detail = Some(error_chain(&e));
         api
+    }
+}
+
+impl ApiError {
+    /// The answer to a registry failure (a failed fill answers as its cause).
+    fn answer_to(e: &registry::Error) -> Self {
+        use registry::Error as E;
+        let message = e.to_string();
+        match e {
+            E::UnknownNamespace(_) | E::NameUnknown => {
+                Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
+            }
+            E::ManifestUnknown => Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
+            E::BlobUnknown => Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message),
+            E::Unavailable { .. } => Self::unavailable(message),
+            E::RateLimited { retry_after, .. } => {
+                let mut api = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+                api.retry_after = Some(retry_after.map_or(1, |d| d.as_secs().max(1)));
+                api
+            }
+            E::Denied { .. } => Self::new(StatusCode::FORBIDDEN, "DENIED", message),
+            E::Upstream { .. } | E::DigestMismatch { .. } | E::BadContent(_) => {
+                Self::bad_gateway(message)
+            }
+            E::Fill(cause) => Self::answer_to(cause),
+            E::Store(_) | E::Index(_) | E::Local(_) | E::FillAbandoned => Self::internal(),
+        }
     }
 }
 
@@ -211,14 +204,21 @@ mod tests {
             actual: Digest::sha256_of(b"b"),
         };
         assert_eq!(mapped(mismatch), (StatusCode::BAD_GATEWAY, "UNKNOWN"));
-        let failed = E::FillFailed {
-            unavailable: true,
-            message: "x".into(),
+        let unavailable = E::Unavailable {
+            upstream: "registry.k8s.io".into(),
+            source: crate::upstream::Error::ServerError { status: 500 },
         };
+        let failed = E::Fill(std::sync::Arc::new(unavailable));
         assert_eq!(
             mapped(failed),
             (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
         );
+        let limited = ApiError::from(E::Fill(std::sync::Arc::new(E::RateLimited {
+            upstream: "docker.io".into(),
+            retry_after: Some(std::time::Duration::from_secs(30)),
+        })));
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.retry_after, Some(30));
         let local = E::Local(std::io::Error::other("disk on fire"));
         let api = ApiError::from(local);
         assert_eq!(api.status(), StatusCode::INTERNAL_SERVER_ERROR);

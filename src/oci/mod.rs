@@ -6,10 +6,12 @@
 //! store path is derived from a [`Digest`] alone, so no request can name a path.
 
 mod digest;
+mod manifest;
 mod name;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use manifest::{Manifest, media_type_of};
 pub use name::{NameError, RepoName};
 pub use reference::{Reference, ReferenceError, Tag, TagError};
 

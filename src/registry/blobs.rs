@@ -10,8 +10,10 @@ use futures_util::Stream;
 use futures_util::future::Either;
 use http::Method;
 
-use super::fill::{FileReader, Fill, FillOwner, READ_CHUNK, Started};
+use super::file_reader::FileReader;
+use super::fill::{Fill, FillOwner, Started};
 use super::fill_job::FillJob;
+use super::local::LocalBlob;
 use super::passthrough::PassThrough;
 use super::{Error, Outcome, Registry, Route};
 use crate::oci::{Digest, RepoName};
@@ -71,57 +73,31 @@ impl Registry {
         digest: &Digest,
         head: bool,
     ) -> Result<BlobReply, Error> {
-        if let Some(size) = self.local_blob_size(digest).await? {
+        if let Some(size) = self.local.blob_size(digest).await? {
             let outcome = self.ensure_blob_linked(route, repo, digest).await?;
-            self.evictor.touch(digest);
+            self.local.touch(digest);
             if head {
                 return Ok(reply(digest, Some(size), outcome, None));
             }
-            if let Some(bytes) = self.cache.small_blob(digest).await {
-                let len = bytes.len() as u64;
-                return Ok(reply(
-                    digest,
-                    Some(len),
-                    outcome,
-                    Some(Source::Memory(bytes)),
-                ));
-            }
-            if let Some(open) = self.store.open_blob_with_head(digest, READ_CHUNK).await? {
-                if open.len == open.head.len() as u64 {
-                    self.cache.set_small_blob(digest, open.head.clone()).await;
+            // `None`: indexed but gone from disk (forgotten): fetch it again.
+            match self.local.read_blob(digest).await? {
+                Some(LocalBlob::Memory(bytes)) => {
+                    let len = bytes.len() as u64;
+                    let source = Some(Source::Memory(bytes));
+                    return Ok(reply(digest, Some(len), outcome, source));
                 }
-                let reader = FileReader::complete(
-                    open.file,
-                    open.len,
-                    open.head,
-                    Arc::clone(self.store.read_buffers()),
-                );
-                return Ok(reply(
-                    digest,
-                    Some(open.len),
-                    outcome,
-                    Some(Source::File(reader)),
-                ));
+                Some(LocalBlob::File(reader)) => {
+                    let len = reader.size();
+                    let source = Some(Source::File(reader));
+                    return Ok(reply(digest, Some(len), outcome, source));
+                }
+                None => {}
             }
-            // Indexed but gone from disk: forget it and fetch it again.
-            tracing::warn!(%digest, "indexed blob missing from the store; refetching");
-            self.forget(digest).await?;
         }
         if head {
             return self.head_cold_blob(route, repo, digest).await;
         }
         self.blob_from_fill(route, repo, digest).await
-    }
-
-    async fn local_blob_size(&self, digest: &Digest) -> Result<Option<u64>, Error> {
-        if let Some(size) = self.cache.blob_size(digest).await {
-            return Ok(Some(size));
-        }
-        let Some(row) = self.index.content(digest).await? else {
-            return Ok(None);
-        };
-        self.cache.set_blob_size(digest, row.size).await;
-        Ok(Some(row.size))
     }
 
     async fn ensure_blob_linked(
@@ -150,7 +126,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<BlobReply, Error> {
         let owner = FillOwner {
-            upstream: route.id,
+            upstream: route.key.clone(),
             repo: repo.clone(),
         };
         if let Some(fill) = self.fills.get(digest).filter(|fill| fill.owner == owner) {
@@ -175,22 +151,17 @@ impl Registry {
         digest: &Digest,
     ) -> Result<BlobReply, Error> {
         let owner = FillOwner {
-            upstream: route.id,
+            upstream: route.key.clone(),
             repo: repo.clone(),
         };
         let (fill, started) = self
             .fills
             .join_or_start(digest, owner.clone(), |guard, progress| {
                 let job = FillJob {
-                    route_id: route.id,
-                    route_client: route.client.clone(),
-                    upstream_name: route.name().to_owned(),
+                    route: route.clone(),
                     repo: repo.clone(),
                     digest: digest.clone(),
-                    store: self.store.clone(),
-                    index: self.index.clone(),
-                    cache: self.cache.clone(),
-                    evictor: Arc::clone(&self.evictor),
+                    local: self.local.clone(),
                 };
                 tokio::spawn(job.run(guard, progress));
             });
@@ -236,22 +207,14 @@ impl Registry {
         digest: &Digest,
         fill: &Arc<Fill>,
     ) -> Result<(), Error> {
-        if self.is_linked(route, repo, digest).await? {
+        if self.local.is_linked(&route.key, repo, digest).await? {
             return Ok(());
         }
         route.fetch_blob(Method::HEAD, repo, digest).await?;
         if !fill.add_joined(repo.clone()) {
             // The fill has indexed its content already: link it here.
-            self.index.link(route.name(), repo, digest).await?;
-            self.cache.set_linked(route.id, repo, digest).await;
+            self.local.link(&route.key, repo, digest).await?;
         }
-        Ok(())
-    }
-
-    /// Drops an index row whose file is gone, and its cached metadata.
-    pub(super) async fn forget(&self, digest: &Digest) -> Result<(), Error> {
-        self.index.remove_content(digest).await?;
-        self.cache.forget(digest).await;
         Ok(())
     }
 }

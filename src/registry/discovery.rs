@@ -30,7 +30,7 @@ impl Registry {
                 Ok((tags, Outcome::Pass))
             }
             Err(e) if e.is_unavailable() => {
-                let known = self.index.tags(route.name(), repo).await?;
+                let known = self.local.tags(&route.key, repo).await?;
                 if known.is_empty() {
                     return Err(Error::from_upstream(route.name(), e, Error::NameUnknown));
                 }

@@ -1,6 +1,11 @@
-//! `registry::Error`: every way a registry operation fails, classified by who is
-//! to blame (the client, the upstream, or us). It knows no HTTP: `api::error` is
-//! the one place that turns these into status codes and OCI error codes.
+//! `registry::Error`: every way a registry operation fails, in domain terms and
+//! classified by who is to blame (the client, the upstream, or us). It knows no
+//! HTTP: `api::error` is the one place that turns these into status codes and
+//! OCI error codes. Upstream failures are classified here once
+//! ([`Error::from_upstream`]) from `upstream::Error`'s typed values.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::oci::Digest;
 use crate::{index, store, upstream};
@@ -16,14 +21,29 @@ pub enum Error {
     BlobUnknown,
     #[error("repository name not known to the upstream")]
     NameUnknown,
-    /// The upstream could not be used and nothing cached can answer.
+    /// The upstream could not be used (unreachable, 5xx) and nothing cached
+    /// can answer.
     #[error("upstream {upstream} is unavailable: {source}")]
     Unavailable {
         upstream: String,
         #[source]
         source: upstream::Error,
     },
-    /// The upstream answered but refused, or answered something unusable.
+    /// The upstream limits our request rate; `retry_after` is when it said to
+    /// ask again.
+    #[error("upstream {upstream} rate limit reached")]
+    RateLimited {
+        upstream: String,
+        retry_after: Option<Duration>,
+    },
+    /// The upstream refused us access (after the token flow).
+    #[error("upstream {upstream} denied access: {source}")]
+    Denied {
+        upstream: String,
+        #[source]
+        source: upstream::Error,
+    },
+    /// The upstream answered something unusable.
     #[error("upstream {upstream} failed: {source}")]
     Upstream {
         upstream: String,
@@ -40,33 +60,47 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Index(#[from] index::Error),
-    /// The fill this request joined failed (`unavailable`: the upstream could
-    /// not be reached or answered 5xx/429).
-    #[error("fill failed: {message}")]
-    FillFailed { unavailable: bool, message: String },
+    /// The fill this request started or joined failed with this error; every
+    /// reader of the fill answers with it.
+    #[error(transparent)]
+    Fill(Arc<Error>),
+    /// A fill's task ended without a result (it panicked): our fault.
+    #[error("the fill ended without a result")]
+    FillAbandoned,
     /// Local I/O outside the store's own operations (reading a temp file).
     #[error("local I/O: {0}")]
     Local(#[from] std::io::Error),
 }
 
 impl Error {
-    /// Wraps an upstream failure for `upstream`, turning 404 into `not_found` and
-    /// unavailability (unreachable, 5xx, 429) into `Unavailable`.
+    /// Classifies a failure of `upstream`: its 404 is `not_found`, a rate limit
+    /// and a denial are their own, unreachable or 5xx is `Unavailable`, the
+    /// rest `Upstream`.
     pub(crate) fn from_upstream(
         upstream: &str,
         source: upstream::Error,
         not_found: Error,
     ) -> Error {
+        let upstream = upstream.to_owned();
         match source {
             upstream::Error::NotFound => not_found,
-            source if source.is_unavailable() => Error::Unavailable {
-                upstream: upstream.to_owned(),
-                source,
+            upstream::Error::TooManyRequests { retry_after } => Error::RateLimited {
+                upstream,
+                retry_after,
             },
-            source => Error::Upstream {
-                upstream: upstream.to_owned(),
-                source,
-            },
+            source @ upstream::Error::Denied { .. } => Error::Denied { upstream, source },
+            source if source.is_unavailable() => Error::Unavailable { upstream, source },
+            source => Error::Upstream { upstream, source },
+        }
+    }
+
+    /// A store commit that failed verification is the upstream's bad content.
+    pub(crate) fn from_commit(e: store::Error) -> Error {
+        match e {
+            store::Error::DigestMismatch { expected, actual } => {
+                Error::DigestMismatch { expected, actual }
+            }
+            other => Error::Store(other),
         }
     }
 }

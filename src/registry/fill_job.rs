@@ -15,25 +15,21 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use http::Method;
 use tokio::sync::watch;
 
-use super::Error;
-use super::fill::{FillError, FillGuard, FillState};
+use super::fill::{FillGuard, FillState};
+use super::local::Local;
 use super::passthrough::PassThrough;
-use crate::evict::{Admission, Evictor};
-use crate::index::ContentRow;
+use super::{Error, Route};
+use crate::evict::{Admission, Reservation};
 use crate::oci::{Digest, RepoName};
 use crate::store;
+use crate::upstream::Continuation;
 
 /// Everything a detached fill task needs; owns clones so it outlives the request.
 pub(super) struct FillJob {
-    pub(super) route_id: usize,
-    pub(super) route_client: crate::upstream::Upstream,
-    pub(super) upstream_name: String,
+    pub(super) route: Route,
     pub(super) repo: RepoName,
     pub(super) digest: Digest,
-    pub(super) store: store::Store,
-    pub(super) index: crate::index::Index,
-    pub(super) cache: crate::cache::Cache,
-    pub(super) evictor: Arc<Evictor>,
+    pub(super) local: Local,
 }
 
 impl FillJob {
@@ -42,7 +38,7 @@ impl FillJob {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "blob fill failed");
-                FillState::Failed(std::sync::Arc::new(FillError::from_error(&e)))
+                FillState::Failed(Arc::new(e))
             }
         };
         // Out of the in-flight map first: a request arriving from now on starts
@@ -62,17 +58,16 @@ impl FillJob {
             return Ok(state);
         }
         let response = self
-            .route_client
-            .blob(Method::GET, &self.repo, &self.digest, None)
-            .await
-            .map_err(|e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown))?;
+            .route
+            .fetch_blob(Method::GET, &self.repo, &self.digest)
+            .await?;
         let size = response.content_length();
         // Room on disk before the first byte is written (or no caching at all).
-        let admission = self.evictor.reserve(size.unwrap_or(0)).await;
+        let admission = self.local.reserve(size.unwrap_or(0)).await;
         let mut reservation = match admission {
             Admission::Reserved(reservation) => reservation,
             Admission::TooLarge | Admission::NoRoom => {
-                let max_size = self.evictor.budget().max_size;
+                let max_size = self.local.budget().max_size;
                 if matches!(admission, Admission::TooLarge) {
                     tracing::info!(digest = %self.digest, repo = %self.repo, size, max_size, "blob larger than the cache budget; streaming without caching");
                 } else {
@@ -85,12 +80,12 @@ impl FillJob {
                 });
             }
         };
-        let mut writer = self.store.writer(self.digest.clone()).await?;
-        let file = std::sync::Arc::new(std::fs::File::open(writer.temp_path())?);
+        let mut writer = self.local.writer(self.digest.clone()).await?;
+        let file = Arc::new(std::fs::File::open(writer.temp_path())?);
         progress.send_replace(FillState::Streaming {
             size,
             written: 0,
-            file: std::sync::Arc::clone(&file),
+            file: Arc::clone(&file),
             recent: Bytes::new(),
         });
         let mut body = body_of(response);
@@ -109,46 +104,20 @@ impl FillJob {
                 Some(e) => {
                     // The connection broke mid-body: ask for the rest; readers
                     // keep waiting on the same temp file meanwhile.
-                    let (resumed, skip_bytes) =
-                        self.resume(writer.written(), size, e, &mut resumes).await?;
-                    body = body_of(resumed);
-                    skip = skip_bytes;
+                    let resumed = self.resume(writer.written(), size, e, &mut resumes).await?;
+                    body = body_of(resumed.response);
+                    skip = resumed.skip;
                 }
             }
         }
-        // Eviction leaves this digest alone from the rename until the row exists.
-        let commit_guard = self.evictor.commit_guard(&self.digest).await;
-        let size = writer.commit(size).await.map_err(mismatch_to_error)?;
-        let row = ContentRow {
-            digest: self.digest.clone(),
-            size,
-            media_type: None,
-        };
-        let new_row = self
-            .index
-            .insert_content(&row, &self.upstream_name, &self.repo)
+        let size = self
+            .local
+            .publish_blob(&self.route.key, &self.repo, writer, size, reservation)
             .await?;
-        reservation.commit(size, new_row);
-        drop(commit_guard);
-        self.cache.set_blob_size(&self.digest, size).await;
-        self.cache
-            .set_linked(self.route_id, &self.repo, &self.digest)
-            .await;
         for repo in guard.take_joined() {
             // The content is committed: a failed link only costs a later HEAD.
-            match self
-                .index
-                .link(&self.upstream_name, &repo, &self.digest)
-                .await
-            {
-                Ok(()) => {
-                    self.cache
-                        .set_linked(self.route_id, &repo, &self.digest)
-                        .await
-                }
-                Err(e) => {
-                    tracing::warn!(digest = %self.digest, %repo, error = %e, "cannot link a confirmed repository")
-                }
+            if let Err(e) = self.local.link(&self.route.key, &repo, &self.digest).await {
+                tracing::warn!(digest = %self.digest, %repo, error = %e, "cannot link a confirmed repository");
             }
         }
         tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob cached");
@@ -160,20 +129,13 @@ impl FillJob {
     /// between: then its file is served (if this repository is linked to it)
     /// instead of fetching the blob again.
     async fn committed_meanwhile(&self) -> Result<Option<FillState>, Error> {
-        if self.index.content(&self.digest).await?.is_none()
-            || !self
-                .index
-                .is_linked(&self.upstream_name, &self.repo, &self.digest)
-                .await?
-        {
-            return Ok(None);
-        }
-        let Some(open) = self.store.open_blob_with_head(&self.digest, 0).await? else {
-            return Ok(None);
-        };
-        Ok(Some(FillState::Committed {
-            size: open.len,
-            file: Arc::new(open.file),
+        let committed = self
+            .local
+            .linked_file(&self.route.key, &self.repo, &self.digest)
+            .await?;
+        Ok(committed.map(|(size, file)| FillState::Committed {
+            size,
+            file: Arc::new(file),
         }))
     }
 
@@ -182,7 +144,7 @@ impl FillJob {
     async fn write_batch(
         &self,
         writer: &mut store::BlobWriter,
-        reservation: &mut crate::evict::Reservation,
+        reservation: &mut Reservation,
         size: Option<u64>,
         batch: Bytes,
         progress: &watch::Sender<FillState>,
@@ -212,43 +174,33 @@ impl FillJob {
     }
 
     /// The upstream body broke after `written` bytes (`error`): asks for the
-    /// rest with `Range: bytes=<written>-`, after a short backoff, while fewer
-    /// than [`RESUME_BACKOFF`]`.len()` resumes were tried for this fill. Returns
-    /// the new response and how many of its leading bytes are already written
-    /// (0 for a `206` starting at `written`; `written` for a `200` that ignored
-    /// the Range, so the hasher still sees each byte once). An answer that
-    /// cannot be a continuation, a 404 or a denial ends the fill at once.
+    /// rest (see [`crate::upstream::Upstream::resume_blob`]) after a short
+    /// backoff, while fewer than [`RESUME_BACKOFF`]`.len()` resumes were tried
+    /// for this fill; an upstream that is unavailable meanwhile is tried again.
+    /// An answer that cannot be a continuation, a 404 or a denial ends the
+    /// fill at once.
     async fn resume(
         &self,
         written: u64,
         size: Option<u64>,
         mut error: crate::upstream::Error,
         resumes: &mut usize,
-    ) -> Result<(crate::upstream::Response, u64), Error> {
-        let fail = |e| Error::from_upstream(&self.upstream_name, e, Error::BlobUnknown);
+    ) -> Result<Continuation, Error> {
+        let fail = |e| Error::from_upstream(self.route.name(), e, Error::BlobUnknown);
         while let Some(backoff) = RESUME_BACKOFF.get(*resumes) {
             *resumes += 1;
             tracing::info!(digest = %self.digest, repo = %self.repo, offset = written, attempt = *resumes, error = %error, "upstream blob body broke; resuming with a Range request");
             tokio::time::sleep(*backoff).await;
-            let response = match self
-                .route_client
-                .blob(Method::GET, &self.repo, &self.digest, Some(written))
+            match self
+                .route
+                .client
+                .resume_blob(&self.repo, &self.digest, written, size)
                 .await
             {
-                Ok(response) => response,
-                Err(e) if e.is_unavailable() => {
-                    error = e;
-                    continue;
-                }
+                Ok(continuation) => return Ok(continuation),
+                Err(e) if e.is_unavailable() => error = e,
                 Err(e) => return Err(fail(e)),
-            };
-            let skip = continuation(&response, written, size).map_err(|m| {
-                fail(crate::upstream::Error::Protocol(format!(
-                    "cannot resume blob {} at byte {written}: {m}",
-                    self.digest
-                )))
-            })?;
-            return Ok((response, skip));
+            }
         }
         Err(fail(error))
     }
@@ -317,89 +269,10 @@ const RESUME_BACKOFF: [std::time::Duration; 3] = [
     std::time::Duration::from_secs(1),
 ];
 
-/// Whether `response` to `Range: bytes=<written>-` continues a blob of `size`
-/// (if known): a `206` must start exactly at `written` and agree on the total;
-/// a `200` (Range ignored) is the whole blob again, whose first `written` bytes
-/// are to be skipped. Returns how many leading bytes to skip.
-fn continuation(
-    response: &crate::upstream::Response,
-    written: u64,
-    size: Option<u64>,
-) -> Result<u64, String> {
-    match response.status() {
-        http::StatusCode::PARTIAL_CONTENT => {
-            let range = response
-                .content_range()
-                .ok_or("a 206 without a valid Content-Range")?;
-            if range.first != written {
-                return Err(format!("the 206 starts at byte {}", range.first));
-            }
-            if let (Some(size), Some(total)) = (size, range.total) {
-                if size != total {
-                    return Err(format!(
-                        "the 206 says the blob has {total} bytes, not {size}"
-                    ));
-                }
-            }
-            Ok(0)
-        }
-        http::StatusCode::OK => {
-            if let (Some(size), Some(length)) = (size, response.content_length()) {
-                if size != length {
-                    return Err(format!("the 200 has {length} bytes, not {size}"));
-                }
-            }
-            Ok(written)
-        }
-        status => Err(format!("unexpected status {status}")),
-    }
-}
-
-/// A store commit that failed verification becomes the registry's digest error.
-pub(super) fn mismatch_to_error(e: store::Error) -> Error {
-    match e {
-        store::Error::DigestMismatch { expected, actual } => {
-            Error::DigestMismatch { expected, actual }
-        }
-        other => Error::Store(other),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{BATCH_BYTES, Body, continuation, next_batch};
-    use crate::upstream::Response;
+    use super::{BATCH_BYTES, Body, next_batch};
     use bytes::Bytes;
-
-    fn response(status: u16, headers: &[(&str, &str)]) -> Response {
-        let mut builder = http::Response::builder().status(status);
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let inner = reqwest::Response::from(builder.body(Vec::<u8>::new()).unwrap());
-        Response::new(inner, "http://upstream.test/blob".parse().unwrap())
-    }
-
-    #[test]
-    fn a_206_continues_only_from_the_written_offset_with_the_same_total() {
-        let ok = response(206, &[("content-range", "bytes 7-99/100")]);
-        assert_eq!(continuation(&ok, 7, Some(100)), Ok(0));
-        assert_eq!(continuation(&ok, 7, None), Ok(0));
-        assert!(continuation(&ok, 8, Some(100)).is_err());
-        assert!(continuation(&ok, 7, Some(101)).is_err());
-        let unknown_total = response(206, &[("content-range", "bytes 7-99/*")]);
-        assert_eq!(continuation(&unknown_total, 7, Some(100)), Ok(0));
-        assert!(continuation(&response(206, &[]), 7, Some(100)).is_err());
-    }
-
-    #[test]
-    fn a_200_is_the_whole_blob_again_and_its_prefix_is_skipped() {
-        let whole = response(200, &[("content-length", "100")]);
-        assert_eq!(continuation(&whole, 7, Some(100)), Ok(7));
-        assert!(continuation(&whole, 7, Some(99)).is_err());
-        assert_eq!(continuation(&response(200, &[]), 7, None), Ok(7));
-        assert!(continuation(&response(204, &[]), 7, None).is_err());
-    }
 
     fn body(items: Vec<Result<Bytes, crate::upstream::Error>>) -> Body {
         use futures_util::StreamExt;

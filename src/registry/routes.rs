@@ -13,15 +13,17 @@
 use std::time::Duration;
 
 use super::Error;
+use super::local::UpstreamKey;
 use crate::config::UpstreamConfig;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::Upstream;
 
-/// One configured upstream and its client.
-#[derive(Debug)]
+/// One configured upstream and its client. Cheap enough to clone for a fill.
+#[derive(Debug, Clone)]
 pub struct Route {
-    /// Position in the configuration; stable for the life of the process.
-    pub(super) id: usize,
+    /// How the local side names this upstream (its position in the
+    /// configuration, stable for the life of the process, and its name).
+    pub(super) key: UpstreamKey,
     pub(super) config: UpstreamConfig,
     pub(super) client: Upstream,
 }
@@ -29,7 +31,7 @@ pub struct Route {
 impl Route {
     /// The upstream's name (the registry host clients use).
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.key.name
     }
 
     pub(super) fn tag_ttl(&self) -> Duration {
@@ -62,9 +64,27 @@ pub struct Routed<'a> {
 pub(super) struct Routes(Vec<Route>);
 
 impl Routes {
-    pub(super) fn new(routes: Vec<Route>) -> Self {
-        assert!(!routes.is_empty(), "configuration guarantees an upstream");
-        Self(routes)
+    /// A route, with its client, for every configured upstream.
+    pub(super) fn new(upstreams: &[UpstreamConfig]) -> Result<Self, crate::upstream::Error> {
+        assert!(
+            !upstreams.is_empty(),
+            "configuration guarantees an upstream"
+        );
+        let routes = upstreams
+            .iter()
+            .enumerate()
+            .map(|(id, config)| {
+                Ok(Route {
+                    key: UpstreamKey {
+                        id,
+                        name: config.name.clone(),
+                    },
+                    config: config.clone(),
+                    client: Upstream::new(config)?,
+                })
+            })
+            .collect::<Result<_, crate::upstream::Error>>()?;
+        Ok(Self(routes))
     }
 
     /// Routes a request for `name`, sent with `ns` if the client gave one.
@@ -81,7 +101,7 @@ impl Routes {
             .and_then(|(first, rest)| Some((self.named(first)?, rest.clone())));
         let (route, repo) = match (by_ns, by_path) {
             // containerd with `override_path`: the path repeats the `ns` host.
-            (Some(route), Some((named, rest))) if named.id == route.id => (route, rest),
+            (Some(route), Some((named, rest))) if named.key == route.key => (route, rest),
             (Some(route), _) => (route, name.clone()),
             (None, Some((route, rest))) => (route, rest),
             (None, None) => match &prefixed {
@@ -167,18 +187,7 @@ mod tests {
             &crate::config::ProcessSecrets,
         )
         .expect("valid configuration");
-        Routes::new(
-            config
-                .upstreams
-                .iter()
-                .enumerate()
-                .map(|(id, up)| Route {
-                    id,
-                    config: up.clone(),
-                    client: Upstream::new(up).expect("client"),
-                })
-                .collect(),
-        )
+        Routes::new(&config.upstreams).expect("clients")
     }
 
     /// `(upstream name, repository)` for a request, or the error's text.

@@ -13,6 +13,7 @@ mod challenge;
 mod error;
 mod redirect;
 mod response;
+mod resume;
 mod tags;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ use url::{Origin, Url};
 
 pub use error::{Error, Transport};
 pub use response::{ContentRange, Response};
+pub use resume::Continuation;
 
 use crate::config::UpstreamConfig;
 use crate::oci::{Digest, Reference, RepoName, media_type};

@@ -1,0 +1,396 @@
+//! [`Local`]: the write-through local side of the registry (distribution's
+//! `proxy = local + remote`): the store's files, the index's rows, the memory
+//! cache and the disk budget, kept consistent with each other. Every other file
+//! of `registry` decides (hit, miss, confirm, revalidate, stale) and asks this
+//! one; none of them names the store, the index, the cache or the budget.
+//!
+//! The invariants it owns, so that no caller has to remember an order:
+//! - **Reads** go to memory first, then the index; what the index answers is
+//!   remembered in memory. A row whose file is gone is forgotten (row and
+//!   memory) and reported as absent, so the caller fetches it again.
+//! - **Writes** go to the index, then to memory (`link`, `set_tag`,
+//!   `remove_tag`, `forget`): memory never holds what the index does not, and
+//!   is dropped together with the rows.
+//! - **Publishing** content ([`Local::publish_blob`], [`Local::publish_manifest`])
+//!   holds the commit order in one place: commit guard (eviction leaves the
+//!   digest alone), verified rename into `blobs/`, content row with the first
+//!   repository link, reservation converted to committed bytes, guard released,
+//!   then memory. A row never exists before its file; the budget never counts a
+//!   commit twice nor loses a reservation.
+//!
+//! It must never decide anything about upstreams, freshness or outcomes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::Error;
+use super::file_reader::{FileReader, READ_CHUNK};
+use crate::cache::Cache;
+use crate::evict::{Admission, Budget, Evictor, Reservation};
+use crate::index::{ContentRow, Index};
+use crate::oci::{Digest, MAX_MANIFEST_BYTES, Manifest, RepoName, Tag};
+use crate::store::{self, BlobWriter, Store};
+
+/// One upstream as the local side names it: `id` keys memory (cheap, stable for
+/// the life of the process), `name` keys the index (stable across restarts).
+/// Built once per route, so the two can never disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UpstreamKey {
+    pub(crate) id: usize,
+    pub(crate) name: String,
+}
+
+/// A tag's last known manifest, and when the upstream last confirmed it.
+#[derive(Debug)]
+pub(super) struct TaggedManifest {
+    pub(super) manifest: Arc<Manifest>,
+    pub(super) checked_at: SystemTime,
+}
+
+impl TaggedManifest {
+    /// Whether the mapping was confirmed less than `ttl` ago.
+    pub(super) fn is_fresh(&self, ttl: Duration) -> bool {
+        let age = SystemTime::now()
+            .duration_since(self.checked_at)
+            .unwrap_or_default();
+        age < ttl
+    }
+}
+
+/// A committed blob's bytes: in memory (small ones), or an open file.
+#[derive(Debug)]
+pub(super) enum LocalBlob {
+    Memory(Bytes),
+    File(FileReader),
+}
+
+/// The local side: store, index, memory and budget. Cheap to clone (handles).
+#[derive(Debug, Clone)]
+pub(super) struct Local {
+    store: Store,
+    index: Index,
+    cache: Cache,
+    evictor: Arc<Evictor>,
+}
+
+impl Local {
+    /// The local side over an opened store and index, within `budget`.
+    pub(super) fn new(
+        store: Store,
+        index: Index,
+        budget: Budget,
+        pins: crate::evict::Pins,
+    ) -> Self {
+        let cache = Cache::new();
+        let evictor = Arc::new(Evictor::new(
+            budget,
+            pins,
+            index.clone(),
+            store.clone(),
+            cache.clone(),
+        ));
+        Self {
+            store,
+            index,
+            cache,
+            evictor,
+        }
+    }
+
+    pub(super) fn evictor(&self) -> &Arc<Evictor> {
+        &self.evictor
+    }
+
+    /// The index answers a query and the store's directories are there.
+    pub(super) async fn ready(&self) -> Result<(), Error> {
+        self.index.ping().await?;
+        self.store.check().await?;
+        Ok(())
+    }
+
+    /// Records an access of `digest` (in memory; flushed to the index in batches).
+    pub(super) fn touch(&self, digest: &Digest) {
+        self.evictor.touch(digest);
+    }
+
+    /// Room in the budget for `bytes` about to be written (evicting if needed).
+    pub(super) async fn reserve(&self, bytes: u64) -> Admission {
+        self.evictor.reserve(bytes).await
+    }
+
+    pub(super) fn budget(&self) -> Budget {
+        self.evictor.budget()
+    }
+
+    /// The size of committed content `digest`, if there is any.
+    pub(super) async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        if let Some(size) = self.cache.blob_size(digest).await {
+            return Ok(Some(size));
+        }
+        let Some(row) = self.index.content(digest).await? else {
+            return Ok(None);
+        };
+        self.cache.set_blob_size(digest, row.size).await;
+        Ok(Some(row.size))
+    }
+
+    /// The bytes of committed blob `digest`: from memory when small, else its
+    /// file opened with the first chunk read. `None` (and the row forgotten)
+    /// when the file is gone.
+    pub(super) async fn read_blob(&self, digest: &Digest) -> Result<Option<LocalBlob>, Error> {
+        if let Some(bytes) = self.cache.small_blob(digest).await {
+            return Ok(Some(LocalBlob::Memory(bytes)));
+        }
+        let Some(open) = self.store.open_blob_with_head(digest, READ_CHUNK).await? else {
+            tracing::warn!(%digest, "indexed blob missing from the store; refetching");
+            self.forget(digest).await?;
+            return Ok(None);
+        };
+        if open.len == open.head.len() as u64 {
+            self.cache.set_small_blob(digest, open.head.clone()).await;
+        }
+        let buffers = Arc::clone(self.store.read_buffers());
+        let reader = FileReader::complete(open.file, open.len, open.head, buffers);
+        Ok(Some(LocalBlob::File(reader)))
+    }
+
+    /// The committed file of `digest` if `repo` of `upstream` is linked to it:
+    /// for a fill that finds another fill committed it meanwhile.
+    pub(super) async fn linked_file(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<(u64, std::fs::File)>, Error> {
+        if self.blob_size(digest).await?.is_none()
+            || !self.is_linked(upstream, repo, digest).await?
+        {
+            return Ok(None);
+        }
+        let open = self.store.open_blob_with_head(digest, 0).await?;
+        Ok(open.map(|open| (open.len, open.file)))
+    }
+
+    /// Committed manifest `digest`, if there is one.
+    pub(super) async fn manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, Error> {
+        if let Some(manifest) = self.cache.manifest(digest).await {
+            return Ok(Some(manifest));
+        }
+        let Some(ContentRow {
+            media_type: Some(media_type),
+            ..
+        }) = self.index.content(digest).await?
+        else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.store.read_small(digest, MAX_MANIFEST_BYTES).await? else {
+            tracing::warn!(%digest, "indexed manifest missing from the store; refetching");
+            self.forget(digest).await?;
+            return Ok(None);
+        };
+        let manifest = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        });
+        self.cache.set_manifest(Arc::clone(&manifest)).await;
+        Ok(Some(manifest))
+    }
+
+    /// Whether `repo` of `upstream` is known to have `digest`.
+    pub(super) async fn is_linked(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
+        if self.cache.is_linked(upstream.id, repo, digest).await {
+            return Ok(true);
+        }
+        let linked = self.index.is_linked(&upstream.name, repo, digest).await?;
+        if linked {
+            self.cache.set_linked(upstream.id, repo, digest).await;
+        }
+        Ok(linked)
+    }
+
+    /// The last known manifest of `tag`, if its content is still cached.
+    pub(super) async fn tag(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<TaggedManifest>, Error> {
+        let (digest, checked_at) = match self.cache.tag(upstream.id, repo, tag).await {
+            Some(remembered) => remembered,
+            None => {
+                let Some(row) = self.index.tag(&upstream.name, repo, tag).await? else {
+                    return Ok(None);
+                };
+                self.cache
+                    .set_tag(upstream.id, repo, tag, &row.digest, row.checked_at)
+                    .await;
+                (row.digest, row.checked_at)
+            }
+        };
+        let manifest = self.manifest(&digest).await?;
+        Ok(manifest.map(|manifest| TaggedManifest {
+            manifest,
+            checked_at,
+        }))
+    }
+
+    /// The tags of `repo` this cache knows (for listing while the upstream is down).
+    pub(super) async fn tags(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+    ) -> Result<Vec<String>, Error> {
+        Ok(self.index.tags(&upstream.name, repo).await?)
+    }
+
+    /// Records that the upstream confirmed `repo` has committed content `digest`.
+    pub(super) async fn link(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        self.index.link(&upstream.name, repo, digest).await?;
+        self.cache.set_linked(upstream.id, repo, digest).await;
+        Ok(())
+    }
+
+    /// Records that the upstream said at `checked_at` that `tag` is `digest`.
+    pub(super) async fn set_tag(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        checked_at: SystemTime,
+    ) -> Result<(), Error> {
+        self.index
+            .set_tag(&upstream.name, repo, tag, digest, checked_at)
+            .await?;
+        self.cache
+            .set_tag(upstream.id, repo, tag, digest, checked_at)
+            .await;
+        Ok(())
+    }
+
+    /// Forgets `tag` (the upstream no longer has it).
+    pub(super) async fn remove_tag(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<(), Error> {
+        self.index.remove_tag(&upstream.name, repo, tag).await?;
+        self.cache.remove_tag(upstream.id, repo, tag).await;
+        Ok(())
+    }
+
+    /// Forgets content whose file is gone: its row, then its memory.
+    pub(super) async fn forget(&self, digest: &Digest) -> Result<(), Error> {
+        self.index.remove_content(digest).await?;
+        self.cache.forget(digest).await;
+        Ok(())
+    }
+
+    /// A temp file for the bytes of `digest`, hashed as they are written.
+    pub(super) async fn writer(&self, digest: Digest) -> Result<BlobWriter, Error> {
+        Ok(self.store.writer(digest).await?)
+    }
+
+    /// Commits a fill's temp file (size and digest checked) as blob content of
+    /// `repo`, converting `reservation`. Returns the committed size.
+    pub(super) async fn publish_blob(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        writer: BlobWriter,
+        expected_size: Option<u64>,
+        reservation: Reservation,
+    ) -> Result<u64, Error> {
+        let digest = writer.expected().clone();
+        let commit = writer.commit(expected_size);
+        let size = self
+            .publish(upstream, repo, &digest, None, reservation, commit)
+            .await?;
+        self.cache.set_blob_size(&digest, size).await;
+        Ok(size)
+    }
+
+    /// Stores a verified manifest as content of `repo` (and as `tag`'s target,
+    /// if given). Without room in the budget it is not stored, only returned.
+    pub(super) async fn publish_manifest(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        manifest: Manifest,
+        tag: Option<&Tag>,
+    ) -> Result<Arc<Manifest>, Error> {
+        let size = manifest.bytes.len() as u64;
+        let Admission::Reserved(reservation) = self.reserve(size).await else {
+            tracing::warn!(upstream = upstream.name, %repo, digest = %manifest.digest, size, "no room in the cache budget for a manifest; serving it without caching");
+            return Ok(Arc::new(manifest));
+        };
+        let write = async {
+            self.store
+                .put_small(&manifest.digest, &manifest.bytes)
+                .await?;
+            Ok(size)
+        };
+        let media_type = Some(manifest.media_type.clone());
+        self.publish(
+            upstream,
+            repo,
+            &manifest.digest,
+            media_type,
+            reservation,
+            write,
+        )
+        .await?;
+        let manifest = Arc::new(manifest);
+        self.cache.set_manifest(Arc::clone(&manifest)).await;
+        if let Some(tag) = tag {
+            self.set_tag(upstream, repo, tag, &manifest.digest, SystemTime::now())
+                .await?;
+        }
+        Ok(manifest)
+    }
+
+    /// The commit order, in one place: guard, `write` (which renames the
+    /// verified file into `blobs/` and returns its size), row and link,
+    /// reservation converted, guard released, link in memory. `write` is not
+    /// started before the guard is held.
+    async fn publish(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        digest: &Digest,
+        media_type: Option<String>,
+        reservation: Reservation,
+        write: impl Future<Output = Result<u64, store::Error>>,
+    ) -> Result<u64, Error> {
+        // Eviction leaves this digest alone from the rename until the row exists.
+        let commit_guard = self.evictor.commit_guard(digest).await;
+        let size = write.await.map_err(Error::from_commit)?;
+        let row = ContentRow {
+            digest: digest.clone(),
+            size,
+            media_type,
+        };
+        let new_row = self
+            .index
+            .insert_content(&row, &upstream.name, repo)
+            .await?;
+        reservation.commit(size, new_row);
+        drop(commit_guard);
+        self.cache.set_linked(upstream.id, repo, digest).await;
+        Ok(size)
+    }
+}
