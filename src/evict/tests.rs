@@ -1,6 +1,7 @@
 //! The evictor over a real store and index in a temp directory.
 
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::index::ContentRow;

@@ -1,0 +1,155 @@
+//! The LRU pass: least recently used unpinned content deleted, rows first
+//! (their links and tags cascade), then memory, then files, never a digest a
+//! commit holds. [`collect`] is the same pass for `regcache gc` in a separate
+//! process. A reader that opened a file keeps reading it after its name goes.
+
+use std::collections::HashSet;
+
+use super::Pins;
+use super::{Error, EvictReport, Evictor, lock};
+use crate::index::{Index, LruRow};
+use crate::oci::Digest;
+use crate::store::Store;
+
+/// Evicts least-recently-used unpinned content until at most `target_bytes` are
+/// committed: for `regcache gc --to SIZE`, from a process separate from a
+/// running `serve` on the same data directory. The server notices the freed
+/// space at its next interval; its memory caches may still name deleted content,
+/// which it then finds missing and fetches again. Access times the server has
+/// not flushed yet (at most a few seconds' worth) are not seen, and the
+/// server's commit guards are not either: content the server re-commits at the
+/// very moment `collect` deletes it may lose its file, which the server then
+/// notices on the next request (missing file → row dropped, fetched again).
+pub async fn collect(
+    index: &Index,
+    store: &Store,
+    pins: &Pins,
+    target_bytes: u64,
+) -> Result<EvictReport, Error> {
+    let usage = index.content_bytes().await?;
+    let pinned = pins.pinned_digests(index, store).await?;
+    let rows = index.content_by_last_access().await?;
+    let pinned_bytes = sum_pinned(&rows, &pinned);
+    let victims = pick(rows, &pinned, usage, target_bytes, |_| false);
+    let evicted = index.remove_contents(victims).await?;
+    for (digest, _) in &evicted {
+        store.remove(digest).await?;
+    }
+    let freed_bytes = evicted.iter().map(|(_, size)| size).sum();
+    Ok(EvictReport {
+        usage_before: usage,
+        usage_after: usage.saturating_sub(freed_bytes),
+        target: target_bytes,
+        evicted,
+        freed_bytes,
+        pinned_bytes,
+    })
+}
+
+/// Bytes of committed content the pins cover (for `regcache stats`).
+pub async fn pinned_bytes(index: &Index, store: &Store, pins: &Pins) -> Result<u64, Error> {
+    let pinned = pins.pinned_digests(index, store).await?;
+    if pinned.is_empty() {
+        return Ok(0);
+    }
+    let rows = index.content_by_last_access().await?;
+    Ok(sum_pinned(&rows, &pinned))
+}
+
+fn sum_pinned(rows: &[LruRow], pinned: &HashSet<Digest>) -> u64 {
+    rows.iter()
+        .filter(|r| pinned.contains(&r.digest))
+        .map(|r| r.size)
+        .sum()
+}
+
+/// The least recently used rows (in `rows`' order) to delete so that `usage`
+/// drops to `target`, skipping pinned ones and those `skip` names. May fall
+/// short when everything left is pinned or skipped.
+fn pick(
+    rows: Vec<LruRow>,
+    pinned: &HashSet<Digest>,
+    usage: u64,
+    target: u64,
+    skip: impl Fn(&Digest) -> bool,
+) -> Vec<Digest> {
+    let mut left = usage;
+    let mut victims = Vec::new();
+    for row in rows {
+        if left <= target {
+            break;
+        }
+        if pinned.contains(&row.digest) || skip(&row.digest) {
+            continue;
+        }
+        left = left.saturating_sub(row.size);
+        victims.push(row.digest);
+    }
+    victims
+}
+
+impl Evictor {
+    /// Unless another pass already did it: if committed + reserved + `extra`
+    /// exceeds `trigger`, evicts least recently used unpinned content until
+    /// committed + reserved + `extra` is at most the low watermark.
+    pub(super) async fn pass(&self, trigger: u64, extra: u64) -> Result<EvictReport, Error> {
+        let _one = self.pass.lock().await;
+        let (committed, reserved) = lock(&self.usage).totals();
+        if committed + reserved + extra <= trigger {
+            return Ok(EvictReport::default());
+        }
+        // LRU order must see the latest hits.
+        self.flush_access().await;
+        let target = self.budget.low.saturating_sub(reserved + extra);
+        let pinned = self.pins.pinned_digests(&self.index, &self.store).await?;
+        let rows = self.index.content_by_last_access().await?;
+        let pinned_bytes = sum_pinned(&rows, &pinned);
+        let marked =
+            self.mark_evicting(|committing| pick(rows, &pinned, committed, target, committing));
+        // Rows first: from here on nothing serves these digests as hits.
+        let evicted = self.index.remove_contents(marked.digests.clone()).await?;
+        let freed_bytes: u64 = evicted.iter().map(|(_, size)| size).sum();
+        let usage_after = lock(&self.usage).remove_committed(freed_bytes);
+        let gone: HashSet<Digest> = evicted.iter().map(|(d, _)| d.clone()).collect();
+        self.cache.forget_all(&gone).await;
+        // Files last; a reader that has one open keeps reading it.
+        for digest in &gone {
+            if let Err(e) = self.store.remove(digest).await {
+                tracing::warn!(%digest, error = %e, "cannot delete an evicted file; its row is gone");
+            }
+        }
+        drop(marked);
+        tracing::info!(
+            evicted = evicted.len(),
+            freed_bytes,
+            usage_before = committed,
+            usage_after,
+            reserved,
+            target,
+            pinned_bytes,
+            "evicted least recently used content"
+        );
+        if usage_after + reserved + extra > self.budget.low && pinned_bytes > 0 {
+            tracing::warn!(
+                pinned_bytes,
+                low = self.budget.low,
+                "pinned content keeps the cache above its low watermark"
+            );
+        }
+        Ok(EvictReport {
+            usage_before: committed,
+            usage_after,
+            target,
+            evicted,
+            freed_bytes,
+            pinned_bytes,
+        })
+    }
+
+    /// Evicts down to the low watermark if usage is past the high one.
+    pub(super) async fn evict_if_over(&self) {
+        if let Err(e) = self.pass(self.budget.high, 0).await {
+            tracing::warn!(error = %e, "eviction failed");
+        }
+    }
+}
