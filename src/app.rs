@@ -2,7 +2,6 @@
 //! `Registry` and the router, and serves until a shutdown signal. It holds no
 //! business logic and no global state; `main` calls [`run`].
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +10,9 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::index::Index;
-use crate::ops::server_stats::{Counters, StatsWriter};
+use crate::counters::Counters;
+use crate::index::{self, Index};
+use crate::ops::server_stats::StatsWriter;
 use crate::registry::Registry;
 use crate::store::{self, Store};
 
@@ -29,7 +29,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let store = Store::open(data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let index = Index::open(&index_path(data_dir)).context("opening the index")?;
+    let index = Index::open(&index::path_in(data_dir)).context("opening the index")?;
     let report = store::reconcile(&store, &index)
         .await
         .context("reconciling the index with the store")?;
@@ -41,10 +41,6 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
         .await
         .context("loading the cache's disk usage")?;
     Ok(registry)
-}
-
-fn index_path(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("index.db")
 }
 
 /// Serves the registry on `config.listen` until SIGINT or SIGTERM.

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::error::LoggedError;
-use crate::ops::server_stats::Counters;
+use crate::counters::Counters;
 use crate::registry::Outcome;
 
 /// Middleware: wraps the response body so the line is written when it ends.

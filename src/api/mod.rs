@@ -29,7 +29,7 @@ pub use endpoint::Endpoint;
 pub use error::ApiError;
 pub use health::{HEALTHZ, READYZ};
 
-use crate::ops::server_stats::Counters;
+use crate::counters::Counters;
 use crate::registry::Registry;
 
 /// The router for `registry`: the health probes, and the registry API, where

@@ -480,8 +480,9 @@ fn docker_hub_pin(text: &str, upstreams: &[UpstreamConfig]) -> String {
     let hub = upstreams
         .iter()
         .any(|u| u.answers_to(host) && u.is_docker_hub());
-    if hub && !repo.contains('/') && !repo.contains('*') {
-        format!("{host}/library/{rest}")
+    if hub && !repo.contains('*') {
+        let tail = &rest[repo.len()..];
+        format!("{host}/{}{tail}", crate::oci::docker_hub_name(repo))
     } else {
         text.to_owned()
     }

@@ -15,7 +15,7 @@ mod lru;
 mod migrate;
 mod ops;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -49,6 +49,11 @@ pub struct ContentRow {
 pub struct TagRow {
     pub digest: Digest,
     pub checked_at: SystemTime,
+}
+
+/// The index file of a data directory.
+pub fn path_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("index.db")
 }
 
 impl Index {

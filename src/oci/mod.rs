@@ -12,7 +12,7 @@ mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{Manifest, media_type_of};
-pub use name::{NameError, RepoName};
+pub use name::{NameError, RepoName, docker_hub_name};
 pub use reference::{Reference, ReferenceError, Tag, TagError};
 
 /// Media types a registry serves manifests as.

@@ -15,7 +15,26 @@ pub struct NameError(&'static str);
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RepoName(String);
 
+/// Docker Hub keeps official images under `library/`: a one-component name
+/// (`alpine`) is `library/alpine` there, as every Docker client assumes. The
+/// one place this rule lives (requests, pins and image references use it).
+pub fn docker_hub_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains('/') {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(format!("library/{name}"))
+    }
+}
+
 impl RepoName {
+    /// This name as Docker Hub names it (see [`docker_hub_name`]).
+    pub fn in_docker_hub(self) -> RepoName {
+        match docker_hub_name(&self.0) {
+            std::borrow::Cow::Borrowed(_) => self,
+            std::borrow::Cow::Owned(name) => RepoName(name),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

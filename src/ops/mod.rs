@@ -16,21 +16,16 @@ pub mod server_stats;
 pub mod stats;
 pub mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 
 use crate::index::{Access, Index};
 use crate::store::Store;
 
-/// The index file of a data directory.
-pub fn index_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("index.db")
-}
-
 /// Opens the index of an existing data directory without migrating or creating it.
 pub fn open_index(data_dir: &Path, access: Access) -> anyhow::Result<Index> {
-    let path = index_path(data_dir);
+    let path = crate::index::path_in(data_dir);
     if !path.is_file() {
         anyhow::bail!(
             "no index at {}: is this a regcache data directory (has `regcache serve` run on it)?",

@@ -1,75 +1,21 @@
-//! Request counters of a running server, for `regcache stats`. The access log
-//! counts every finished request by cache outcome ([`Counters`]); the server
-//! writes them with its pid and start time to `<data>/server-stats.json` when it
+//! The running server's request counters on disk, for `regcache stats`: the
+//! server writes its [`Counters`] with its pid and start time to
+//! `<data>/server-stats.json` when it
 //! starts listening, every few seconds if they changed, and at shutdown, atomically (temp file + rename, so a reader never
 //! sees half a file). `stats` shows them only while that pid is alive; counters
 //! start at zero with every server start. No fsync: the numbers are ephemeral.
-//!
-//! It must never block a request: counting is a few relaxed atomic adds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::counters::{Counters, OutcomeCount};
+
 /// The file name under the data directory.
 pub const FILE_NAME: &str = "server-stats.json";
-
-/// Outcome names as logged (`registry::Outcome::as_str`), and `none` for
-/// requests without one (the version check, errors before a cache decision).
-const OUTCOMES: [&str; 8] = [
-    "hit",
-    "miss",
-    "follow",
-    "confirmed",
-    "revalidated",
-    "stale",
-    "pass",
-    "none",
-];
-
-/// Requests and bytes sent since the server started, by outcome.
-#[derive(Debug, Default)]
-pub struct Counters {
-    requests: [AtomicU64; OUTCOMES.len()],
-    bytes: [AtomicU64; OUTCOMES.len()],
-}
-
-impl Counters {
-    /// Counts one finished request (`outcome` as in the access log).
-    pub fn record(&self, outcome: Option<&str>, bytes: u64) {
-        let slot = outcome
-            .and_then(|o| OUTCOMES.iter().position(|name| *name == o))
-            .unwrap_or(OUTCOMES.len() - 1);
-        self.requests[slot].fetch_add(1, Ordering::Relaxed);
-        self.bytes[slot].fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// The current values, by outcome name.
-    pub fn snapshot(&self) -> BTreeMap<String, OutcomeCount> {
-        OUTCOMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let count = OutcomeCount {
-                    requests: self.requests[i].load(Ordering::Relaxed),
-                    bytes: self.bytes[i].load(Ordering::Relaxed),
-                };
-                ((*name).to_owned(), count)
-            })
-            .collect()
-    }
-}
-
-/// Requests answered with one outcome, and the body bytes sent for them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutcomeCount {
-    pub requests: u64,
-    pub bytes: u64,
-}
 
 /// The contents of `server-stats.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,40 +127,6 @@ fn unix_seconds(time: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_by_outcome_with_unknown_as_none() {
-        let counters = Counters::default();
-        counters.record(Some("hit"), 10);
-        counters.record(Some("hit"), 5);
-        counters.record(Some("miss"), 100);
-        counters.record(None, 2);
-        counters.record(Some("something new"), 1);
-        let snap = counters.snapshot();
-        let get = |name: &str| snap[name];
-        assert_eq!(
-            get("hit"),
-            OutcomeCount {
-                requests: 2,
-                bytes: 15
-            }
-        );
-        assert_eq!(
-            get("miss"),
-            OutcomeCount {
-                requests: 1,
-                bytes: 100
-            }
-        );
-        assert_eq!(
-            get("none"),
-            OutcomeCount {
-                requests: 2,
-                bytes: 3
-            }
-        );
-        assert_eq!(get("stale"), OutcomeCount::default());
-    }
 
     #[tokio::test]
     async fn the_file_is_read_back_while_the_pid_lives_only() {

@@ -112,7 +112,7 @@ impl Routes {
             },
         };
         let repo = if route.config.is_docker_hub() {
-            docker_hub_name(repo)
+            repo.in_docker_hub()
         } else {
             repo
         };
@@ -144,16 +144,6 @@ fn split_prefix(name: &RepoName) -> Option<(&str, RepoName)> {
 /// `localhost`.
 fn looks_like_host(component: &str) -> bool {
     component.contains('.') || component == "localhost"
-}
-
-/// Docker Hub keeps official images under `library/`: `alpine` is `library/alpine`.
-fn docker_hub_name(repo: RepoName) -> RepoName {
-    if repo.as_str().contains('/') {
-        return repo;
-    }
-    format!("library/{repo}")
-        .parse()
-        .expect("library/ and a valid component form a valid name")
 }
 
 #[cfg(test)]
