@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The server opens the store with [`Store::open`] (which empties `tmp/`), then
-//! runs [`reconcile`]; operator commands use [`Store::attach`], which touches
+//! runs [`reconcile()`]; operator commands use [`Store::attach`], which touches
 //! nothing, because a server may be filling into `tmp/` at that moment.
 //!
 //! A file appears under `blobs/` only by `rename` from `tmp/` after its size and
