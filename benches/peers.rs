@@ -11,6 +11,7 @@
 //! cargo bench --bench peers                       # defaults: 5 warm rounds of 3 s, 3 cold rounds, 200 MiB/s WAN
 //! cargo bench --bench peers -- --rounds 3 --duration 2 --wan-mibps 0 --herd 10
 //! cargo bench --bench peers -- --help
+//! cargo bench --bench peers -- --baseline /tmp/regcache-before   # a second regcache build as a peer
 //! ```
 //!
 //! Every server it starts listens on 127.0.0.1 and every mirror's upstream is
@@ -76,6 +77,11 @@ struct Args {
     /// Size of the big blob in MiB.
     #[arg(long, default_value_t = 1024)]
     big_mib: u64,
+    /// Another regcache binary (e.g. built from an earlier commit) measured
+    /// as the peer `baseline` in the warm and cold phases, interleaved with
+    /// the build under test: before/after figures from one run.
+    #[arg(long, value_name = "BIN")]
+    baseline: Option<std::path::PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -87,11 +93,21 @@ const M_HEAD: &str = "manifest HEAD req/s";
 const SMALL: &str = "4 KiB blob GET req/s";
 const MEDIUM: &str = "6 MiB blob GET GB/s";
 
+/// The warm peers measured: the four, and `baseline` when given.
+fn warm_peers(args: &Args) -> Vec<&'static str> {
+    let mut peers = WARM_PEERS.to_vec();
+    if args.baseline.is_some() {
+        peers.insert(3, "baseline");
+    }
+    peers
+}
+
 /// Everything the measurements talk to.
 struct Peers {
     plain: Proc,
     relay: Relay,
     regcache: Restartable,
+    baseline: Option<Restartable>,
     proxy: Restartable,
     nginx: Restartable,
 }
@@ -103,8 +119,13 @@ impl Peers {
             "proxy" => self.proxy.running(),
             "nginx" => self.nginx.running(),
             "regcache" => self.regcache.running(),
+            "baseline" => self.baseline().running(),
             _ => unreachable!("peer {name}"),
         }
+    }
+
+    fn baseline(&self) -> &Restartable {
+        self.baseline.as_ref().expect("--baseline was given")
     }
 }
 
@@ -132,8 +153,14 @@ fn main() {
         started.elapsed()
     );
     let relay = Relay::start(plain.addr());
+    let under_test = std::path::PathBuf::from(env!("CARGO_BIN_EXE_regcache"));
+    let baseline = args
+        .baseline
+        .clone()
+        .map(|bin| Restartable::regcache(bin, root.path().join("baseline"), relay.addr()));
     let peers = Peers {
-        regcache: Restartable::regcache(root.path().join("regcache"), relay.addr()),
+        regcache: Restartable::regcache(under_test, root.path().join("regcache"), relay.addr()),
+        baseline,
         proxy: Restartable::proxy(root.path().join("proxy"), relay.addr()),
         nginx: Restartable::nginx(root.path().join("nginx"), relay.addr()),
         plain,
@@ -156,7 +183,7 @@ fn main() {
             args.conns, args.rounds, args.duration
         ),
         &[M_GET, M_HEAD, SMALL, MEDIUM],
-        &WARM_PEERS,
+        &warm_peers(&args),
     );
 
     let cold_peers = cold_peer_names(&args);
@@ -204,13 +231,14 @@ async fn warm_phase(
     dir: &Path,
     samples: &mut Samples,
 ) {
-    for name in WARM_PEERS {
+    let names = warm_peers(args);
+    for name in &names {
         check_peer(&peers.warm(name).url(), seeded).await;
     }
     let duration = Duration::from_secs(args.duration);
     for round in 0..args.rounds {
         eprintln!("peers: warm round {}/{}", round + 1, args.rounds);
-        for name in rotated(&WARM_PEERS, round) {
+        for name in rotated(&names, round) {
             let proc = peers.warm(name);
             let base = proc.url();
             let manifest = format!("{base}{}", Seeded::manifest_path());
@@ -323,11 +351,15 @@ fn check_digest_header(url: &str, headers: &reqwest::header::HeaderMap, digest: 
 // ---- cold ----
 
 fn cold_peer_names(args: &Args) -> Vec<&'static str> {
-    if args.no_peer_cold {
+    let mut names = if args.no_peer_cold {
         vec!["direct", "regcache"]
     } else {
         vec!["direct", "proxy", "nginx", "regcache"]
+    };
+    if args.baseline.is_some() {
+        names.insert(names.len() - 1, "baseline");
     }
+    names
 }
 
 /// The WAN shapings measured: unshaped loopback, then the shaped rate.
@@ -419,6 +451,7 @@ fn cold_base(peers: &mut Peers, name: &str, shaping: Option<f64>) -> String {
     let base = match name {
         "direct" => peers.relay.url(),
         "regcache" => restart(&mut peers.regcache),
+        "baseline" => restart(peers.baseline.as_mut().expect("--baseline was given")),
         "proxy" => restart(&mut peers.proxy),
         "nginx" => restart(&mut peers.nginx),
         _ => unreachable!("peer {name}"),

@@ -308,9 +308,10 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The regcache binary under test with its data in `data`.
-pub fn regcache(data: &Path, upstream: &str) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
+/// A regcache binary (`bin`: the one under test, or a baseline build) with
+/// its data in `data`.
+pub fn regcache(bin: &Path, data: &Path, upstream: &str) -> Proc {
+    let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--listen")
         .arg("127.0.0.1:0")
@@ -381,16 +382,17 @@ pub struct Restartable {
     pub proc: Option<Proc>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Kind {
-    Regcache,
+    /// A regcache binary: the one under test or a baseline build.
+    Regcache(PathBuf),
     Proxy,
     Nginx,
 }
 
 impl Restartable {
-    pub fn regcache(dir: PathBuf, upstream: SocketAddr) -> Self {
-        Self::new(Kind::Regcache, dir, upstream)
+    pub fn regcache(bin: PathBuf, dir: PathBuf, upstream: SocketAddr) -> Self {
+        Self::new(Kind::Regcache(bin), dir, upstream)
     }
     pub fn proxy(dir: PathBuf, upstream: SocketAddr) -> Self {
         Self::new(Kind::Proxy, dir, upstream)
@@ -415,8 +417,8 @@ impl Restartable {
     pub fn restart_cold(&mut self) {
         self.proc = None;
         wipe(&self.dir);
-        self.proc = Some(match self.kind {
-            Kind::Regcache => regcache(&self.dir.join("data"), &self.upstream),
+        self.proc = Some(match &self.kind {
+            Kind::Regcache(bin) => regcache(bin, &self.dir.join("data"), &self.upstream),
             Kind::Proxy => docker_registry(&self.dir, Some(&self.upstream)),
             Kind::Nginx => nginx(&self.dir, self.upstream_addr),
         });
