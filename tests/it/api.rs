@@ -10,9 +10,9 @@ use std::path::Path;
 
 use reqwest::StatusCode;
 
-use crate::common::{Got, OCI_MANIFEST, get, random_bytes, raw, seed_image};
 use crate::support::fake::FakeUpstream;
 use crate::support::regcache::Regcache;
+use crate::support::{Got, OCI_MANIFEST, get, random_bytes, raw, seed_image};
 
 const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -16,7 +16,7 @@ use regcache::api::{HEALTHZ, READYZ};
 use regcache::config::{self, Config, Overrides, ProcessSecrets};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::common::raw;
+use crate::support::raw;
 use crate::support::regcache::Regcache;
 
 /// The kinds a site applies: the Deployment shape and the DaemonSet shape.

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 
-use crate::common::{Image, blob_file, client, get, seed_image, sha256, tmp_files};
 use crate::support::fake::{FakeUpstream, Host};
 use crate::support::regcache::Regcache;
+use crate::support::{Image, blob_file, client, get, pull, seed_image, sha256, tmp_files};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -63,28 +63,12 @@ fn disk_usage(data_dir: &Path) -> u64 {
     walk(&data_dir.join("blobs"))
 }
 
-/// Pulls `image` (manifest by tag, config, layer), checking every byte.
-async fn pull(base: &str, image: &Image) {
-    let got = get(&format!("{base}/v2/{}/manifests/{}", image.repo, image.tag)).await;
-    assert_eq!(got.status, StatusCode::OK);
-    assert_eq!(got.ok_body(), &image.manifest);
-    for (digest, bytes) in [
-        (&image.config_digest, &image.config),
-        (&image.layer_digest, &image.layer),
-    ] {
-        let got = get(&format!("{base}/v2/{}/blobs/{digest}", image.repo)).await;
-        assert_eq!(got.status, StatusCode::OK);
-        assert_eq!(got.ok_body(), bytes);
-        assert_eq!(sha256(got.ok_body()), *digest);
-    }
-}
-
 /// Whether all three files of `image` are on disk (true) or none is (false).
 fn cached(data_dir: &Path, image: &Image) -> bool {
     let present: Vec<bool> = [
         &image.manifest_digest,
-        &image.config_digest,
-        &image.layer_digest,
+        &image.config.digest,
+        &image.layer().digest,
     ]
     .iter()
     .map(|d| blob_file(data_dir, d).exists())
@@ -163,7 +147,7 @@ async fn filling_past_the_budget_evicts_the_least_recently_used_image_but_never_
     pull(&base, &apps[1]).await;
     assert_eq!(gets(&apps[1]), 2);
     assert_eq!(
-        fake.hits_on(Host::Storage, Method::GET, &apps[1].layer_digest),
+        fake.hits_on(Host::Storage, Method::GET, &apps[1].layer().digest),
         2
     );
     assert!(cached(&data, &apps[1]));
@@ -197,11 +181,11 @@ async fn a_download_in_progress_survives_the_eviction_of_its_file() {
         .start();
     let (base, data) = (regcache.url(), regcache.data_dir().to_path_buf());
     pull(&base, &victim).await;
-    let victim_file = blob_file(&data, &victim.layer_digest);
+    let victim_file = blob_file(&data, &victim.layer().digest);
     assert!(victim_file.exists());
 
     // A slow client: it reads the first chunk of the cached layer, then stops.
-    let url = format!("{base}/v2/victim/blobs/{}", victim.layer_digest);
+    let url = format!("{base}/v2/victim/blobs/{}", victim.layer().digest);
     let mut response = client().get(&url).send().await.expect("request");
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response
@@ -216,7 +200,7 @@ async fn a_download_in_progress_survives_the_eviction_of_its_file() {
     pull(&base, &next).await;
     assert!(!victim_file.exists(), "the victim was not evicted");
     assert!(!cached(&data, &victim));
-    let hex = victim.layer_digest.split_once(':').unwrap().1;
+    let hex = victim.layer().digest.split_once(':').unwrap().1;
     assert!(
         holds_deleted_file(regcache.pid(), hex),
         "the download was not reading the evicted file anymore"
@@ -225,8 +209,8 @@ async fn a_download_in_progress_survives_the_eviction_of_its_file() {
     while let Some(chunk) = response.chunk().await.expect("rest of the body") {
         body.extend_from_slice(&chunk);
     }
-    assert_eq!(body.len(), victim.layer.len());
-    assert_eq!(sha256(&body), victim.layer_digest);
+    assert_eq!(body.len(), victim.layer().bytes.len());
+    assert_eq!(sha256(&body), victim.layer().digest);
     assert!(disk_usage(&data) <= 40 * MIB);
 }
 
@@ -242,32 +226,32 @@ async fn a_blob_larger_than_the_budget_is_streamed_without_caching() {
         .start();
     let (base, data) = (regcache.url(), regcache.data_dir().to_path_buf());
 
-    let url = format!("{base}/v2/huge/blobs/{}", image.layer_digest);
+    let url = format!("{base}/v2/huge/blobs/{}", image.layer().digest);
     // Two clients at once: one gets the fill's body, the other its own.
     let (a, b) = tokio::join!(get(&url), get(&url));
     for got in [&a, &b] {
         assert_eq!(got.status, StatusCode::OK);
         assert_eq!(
             got.header("content-length"),
-            Some(image.layer.len().to_string().as_str())
+            Some(image.layer().bytes.len().to_string().as_str())
         );
-        assert_eq!(sha256(got.ok_body()), image.layer_digest);
+        assert_eq!(sha256(got.ok_body()), image.layer().digest);
     }
     regcache.wait_for_log("blob larger than the cache budget; streaming without caching");
-    let ranged = crate::common::send(client().get(&url).header("range", "bytes=100-199")).await;
+    let ranged = crate::support::send(client().get(&url).header("range", "bytes=100-199")).await;
     assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
-    assert_eq!(ranged.ok_body(), &image.layer.slice(100..200));
+    assert_eq!(ranged.ok_body(), &image.layer().bytes.slice(100..200));
 
-    assert!(!blob_file(&data, &image.layer_digest).exists());
+    assert!(!blob_file(&data, &image.layer().digest).exists());
     assert!(tmp_files(&data).is_empty(), "{:?}", tmp_files(&data));
     // Nothing cached: every request went upstream.
     assert_eq!(
-        fake.hits_on(Host::Storage, Method::GET, &image.layer_digest),
+        fake.hits_on(Host::Storage, Method::GET, &image.layer().digest),
         3
     );
     // The rest of the image is cached as usual, within the budget.
     pull(&base, &image).await;
-    assert!(blob_file(&data, &image.config_digest).exists());
+    assert!(blob_file(&data, &image.config.digest).exists());
     assert!(blob_file(&data, &image.manifest_digest).exists());
     assert!(disk_usage(&data) <= 4 * MIB);
     fake.assert_no_violations();
@@ -285,32 +269,32 @@ async fn concurrent_fills_reserve_their_size_and_never_overshoot_together() {
     let (base, data) = (regcache.url(), regcache.data_dir().to_path_buf());
     // Every body stops after 1 MiB: all four fills are in flight at once.
     for image in &images {
-        fake.pause_after(&image.layer_digest, MIB);
+        fake.pause_after(&image.layer().digest, MIB);
     }
     let downloads: Vec<_> = images
         .iter()
         .map(|image| {
-            let url = format!("{base}/v2/{}/blobs/{}", image.repo, image.layer_digest);
+            let url = format!("{base}/v2/{}/blobs/{}", image.repo, image.layer().digest);
             tokio::spawn(async move { get(&url).await })
         })
         .collect();
-    crate::common::wait_for("four bodies in flight", || {
-        images.iter().all(|i| fake.sent(&i.layer_digest) >= MIB)
+    crate::support::wait_for("four bodies in flight", || {
+        images.iter().all(|i| fake.sent(&i.layer().digest) >= MIB)
     })
     .await;
     for image in &images {
-        fake.resume(&image.layer_digest);
+        fake.resume(&image.layer().digest);
     }
     for (image, download) in images.iter().zip(downloads) {
         let got = download.await.expect("download task");
         assert_eq!(got.status, StatusCode::OK);
-        assert_eq!(got.ok_body(), &image.layer);
+        assert_eq!(got.ok_body(), &image.layer().bytes);
     }
     // 3 × 3 MiB fit in 10 MiB; the fourth found no room (nothing to evict but
     // the other fills' reservations) and was streamed without caching.
     let cached = images
         .iter()
-        .filter(|i| blob_file(&data, &i.layer_digest).exists())
+        .filter(|i| blob_file(&data, &i.layer().digest).exists())
         .count();
     assert_eq!(cached, 3);
     let usage = disk_usage(&data);
@@ -348,14 +332,14 @@ async fn hits_record_access_times_in_batches_not_one_write_each() {
         .start();
     let (base, data) = (regcache.url(), regcache.data_dir().to_path_buf());
     pull(&base, &image).await;
-    let committed_at = last_access(&data, &image.config_digest);
+    let committed_at = last_access(&data, &image.config.digest);
     next_second().await;
 
     // 1000 hits on cached content. A SQLite write each would add at least 1000
     // WAL frames (4 KiB each); a batched flush adds a handful.
     let wal_before = wal_bytes(&data);
     let c = client();
-    let blob = format!("{base}/v2/pause/blobs/{}", image.config_digest);
+    let blob = format!("{base}/v2/pause/blobs/{}", image.config.digest);
     let manifest = format!("{base}/v2/pause/manifests/3.9");
     for i in 0..1000 {
         let url = if i % 2 == 0 { &blob } else { &manifest };
@@ -372,7 +356,7 @@ async fn hits_record_access_times_in_batches_not_one_write_each() {
 
     // The batch reaches the index within a few seconds, and survives a restart.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while last_access(&data, &image.config_digest) <= committed_at {
+    while last_access(&data, &image.config.digest) <= committed_at {
         assert!(
             std::time::Instant::now() < deadline,
             "access times were never flushed"
@@ -381,10 +365,10 @@ async fn hits_record_access_times_in_batches_not_one_write_each() {
     }
     // Hits late in the loop may still be in memory, flushed at the next tick:
     // wait until a whole flush interval passes without a change.
-    let mut flushed = last_access(&data, &image.config_digest);
+    let mut flushed = last_access(&data, &image.config.digest);
     loop {
         tokio::time::sleep(Duration::from_secs(6)).await;
-        let now = last_access(&data, &image.config_digest);
+        let now = last_access(&data, &image.config.digest);
         if now == flushed {
             break;
         }
@@ -395,5 +379,5 @@ async fn hits_record_access_times_in_batches_not_one_write_each() {
         flushed = now;
     }
     regcache.restart();
-    assert_eq!(last_access(&data, &image.config_digest), flushed);
+    assert_eq!(last_access(&data, &image.config.digest), flushed);
 }

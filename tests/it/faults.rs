@@ -9,30 +9,17 @@
 use reqwest::Method;
 use reqwest::StatusCode;
 
-use crate::common::{
-    Image, blob_file, client, config_toml, get, head, random_bytes, seed_image, sha256, tmp_files,
-    wait_for,
-};
 use crate::support::fake::{Content, FakeUpstream, Host};
 use crate::support::regcache::Regcache;
+use crate::support::{
+    Image, blob_file, client, config_toml, get, head, pull, random_bytes, seed_image, sha256,
+    tmp_files, wait_for,
+};
 
 fn start(fake: &FakeUpstream, tag_ttl: &str) -> Regcache {
     Regcache::builder()
         .config_toml(config_toml(&fake.url(), tag_ttl))
         .start()
-}
-
-/// Pulls the whole image once (fills the cache).
-async fn pull(base: &str, image: &Image) {
-    let got = get(&format!("{base}/v2/{}/manifests/{}", image.repo, image.tag)).await;
-    assert_eq!(got.ok_body(), &image.manifest);
-    for (digest, bytes) in [
-        (&image.config_digest, &image.config),
-        (&image.layer_digest, &image.layer),
-    ] {
-        let got = get(&format!("{base}/v2/{}/blobs/{digest}", image.repo)).await;
-        assert_eq!(got.ok_body(), bytes);
-    }
 }
 
 /// What must still work while the upstream cannot answer, and what must not.
@@ -51,8 +38,8 @@ async fn cached_content_survives(base: &str, image: &Image) {
     .await;
     assert_eq!(by_digest.ok_body(), &image.manifest);
     for (digest, bytes) in [
-        (&image.config_digest, &image.config),
-        (&image.layer_digest, &image.layer),
+        (&image.config.digest, &image.config.bytes),
+        (&image.layer().digest, &image.layer().bytes),
     ] {
         let url = format!("{base}/v2/pause/blobs/{digest}");
         assert_eq!(get(&url).await.ok_body(), bytes);
@@ -174,16 +161,16 @@ async fn sabotaged_blob_is_not_cached(
     image: &Image,
     gets_per_fill: usize,
 ) {
-    let d = &image.layer_digest;
+    let d = &image.layer().digest;
     let url = format!("{}/v2/pause/blobs/{d}", regcache.url());
     let got = get(&url).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(
         got.header("content-length"),
-        Some(image.layer.len().to_string().as_str())
+        Some(image.layer().bytes.len().to_string().as_str())
     );
     assert!(
-        got.body_error.is_some() || got.body.len() < image.layer.len(),
+        got.body_error.is_some() || got.body.len() < image.layer().bytes.len(),
         "a sabotaged blob ended cleanly with {} bytes",
         got.body.len()
     );
@@ -196,7 +183,7 @@ async fn sabotaged_blob_is_not_cached(
     assert!(!blob_file(regcache.data_dir(), d).exists());
     let gets = fake.hits_on(Host::Storage, Method::GET, d);
     let again = get(&url).await;
-    assert!(again.body_error.is_some() || again.body.len() < image.layer.len());
+    assert!(again.body_error.is_some() || again.body.len() < image.layer().bytes.len());
     assert_eq!(
         fake.hits_on(Host::Storage, Method::GET, d),
         gets + gets_per_fill
@@ -209,18 +196,18 @@ async fn wrong_blob_bytes_abort_the_client_and_cache_nothing() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 3 * 1024 * 1024);
     let regcache = Regcache::with_upstream(fake.url());
-    fake.set_wrong_bytes(&image.layer_digest, true);
+    fake.set_wrong_bytes(&image.layer().digest, true);
     // A bad digest is not resumed: one GET per fill.
     sabotaged_blob_is_not_cached(&fake, &regcache, &image, 1).await;
-    fake.set_wrong_bytes(&image.layer_digest, false);
+    fake.set_wrong_bytes(&image.layer().digest, false);
     let got = get(&format!(
         "{}/v2/pause/blobs/{}",
         regcache.url(),
-        image.layer_digest
+        image.layer().digest
     ))
     .await;
-    assert_eq!(got.ok_body(), &image.layer);
-    assert!(blob_file(regcache.data_dir(), &image.layer_digest).exists());
+    assert_eq!(got.ok_body(), &image.layer().bytes);
+    assert!(blob_file(regcache.data_dir(), &image.layer().digest).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,17 +215,17 @@ async fn a_cut_upstream_body_aborts_the_client_and_caches_nothing() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 3 * 1024 * 1024);
     let regcache = Regcache::with_upstream(fake.url());
-    fake.set_cut_after(&image.layer_digest, Some(1024 * 1024 + 7));
+    fake.set_cut_after(&image.layer().digest, Some(1024 * 1024 + 7));
     // Cut every time: the plain GET and three ranged resumes, then the fill fails.
     sabotaged_blob_is_not_cached(&fake, &regcache, &image, 4).await;
-    fake.set_cut_after(&image.layer_digest, None);
+    fake.set_cut_after(&image.layer().digest, None);
     let got = get(&format!(
         "{}/v2/pause/blobs/{}",
         regcache.url(),
-        image.layer_digest
+        image.layer().digest
     ))
     .await;
-    assert_eq!(got.ok_body(), &image.layer);
+    assert_eq!(got.ok_body(), &image.layer().bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +380,7 @@ async fn tags_list_falls_back_to_known_tags_when_upstream_is_down() {
     let regcache = start(&fake, "5m");
     let base = regcache.url();
     pull(&base, &image).await;
-    let tags = |got: &crate::common::Got| -> serde_json::Value {
+    let tags = |got: &crate::support::Got| -> serde_json::Value {
         assert_eq!(got.status, StatusCode::OK, "{got:?}");
         serde_json::from_slice::<serde_json::Value>(got.ok_body()).unwrap()["tags"].clone()
     };
@@ -412,21 +399,26 @@ async fn a_stalled_upstream_body_is_abandoned_after_the_idle_timeout() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 3 * 1024 * 1024);
     let regcache = Regcache::builder()
-        .config_toml(crate::common::config_toml_with(&fake.url(), "5m", "1s", ""))
+        .config_toml(crate::support::config_toml_with(
+            &fake.url(),
+            "5m",
+            "1s",
+            "",
+        ))
         .start();
-    let d = &image.layer_digest;
+    let d = &image.layer().digest;
     fake.pause_after(d, 1024 * 1024);
     let url = format!("{}/v2/pause/blobs/{d}", regcache.url());
     let got = get(&url).await;
     assert_eq!(got.status, StatusCode::OK);
-    assert!(got.body_error.is_some() || got.body.len() < image.layer.len());
+    assert!(got.body_error.is_some() || got.body.len() < image.layer().bytes.len());
     wait_for("the stalled fill's temp file to go", || {
         tmp_files(regcache.data_dir()).is_empty()
     })
     .await;
     assert!(!blob_file(regcache.data_dir(), d).exists());
     fake.resume(d);
-    assert_eq!(get(&url).await.ok_body(), &image.layer);
+    assert_eq!(get(&url).await.ok_body(), &image.layer().bytes);
     // The stalled fill: its GET and three resumes (each stalled too); then one.
     assert_eq!(fake.hits_on(Host::Storage, Method::GET, d), 5);
 }
@@ -436,7 +428,7 @@ async fn a_failed_fill_aborts_every_reader() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 3 * 1024 * 1024);
     let regcache = Regcache::with_upstream(fake.url());
-    let d = &image.layer_digest;
+    let d = &image.layer().digest;
     fake.set_wrong_bytes(d, true);
     fake.pause_after(d, 1024 * 1024);
     let url = format!("{}/v2/pause/blobs/{d}", regcache.url());
@@ -455,7 +447,7 @@ async fn a_failed_fill_aborts_every_reader() {
             }
         };
         assert!(
-            !clean_end || received < image.layer.len(),
+            !clean_end || received < image.layer().bytes.len(),
             "a reader of a failed fill ended cleanly with {received} bytes"
         );
     }

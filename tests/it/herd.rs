@@ -23,11 +23,11 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{
-    WAIT, blob_file, client, config_toml, get, random_bytes, seed_image, send, tmp_files, wait_for,
-};
 use crate::support::fake::{FakeUpstream, Host};
 use crate::support::regcache::Regcache;
+use crate::support::{
+    WAIT, blob_file, client, config_toml, get, random_bytes, seed_image, send, tmp_files, wait_for,
+};
 
 const MIB: usize = 1024 * 1024;
 
@@ -439,7 +439,7 @@ async fn a_slow_reader_slows_neither_the_fill_nor_the_other_readers() {
     // The slow client reads on, and gets every byte.
     slow.read_at_least(blob.len()).await;
     assert_eq!(slow.body.len(), blob.len());
-    assert_eq!(crate::common::sha256(&slow.body), digest);
+    assert_eq!(crate::support::sha256(&slow.body), digest);
     let lines = wait_for_access_lines(&regcache, &path, 6).await;
     assert_eq!(count(&lines, "outcome=\"miss\""), 1, "{lines:#?}");
     assert_eq!(count(&lines, "aborted=false"), 6, "{lines:#?}");
@@ -728,7 +728,7 @@ async fn a_head_during_a_fill_is_answered_by_the_fill() {
         .expect("not the end");
     assert_eq!(&first[..], &blob[..first.len()]);
 
-    let got = crate::common::head(&format!("{base}/v2/herd/blobs/{digest}")).await;
+    let got = crate::support::head(&format!("{base}/v2/herd/blobs/{digest}")).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(
         got.header("content-length"),
@@ -738,7 +738,7 @@ async fn a_head_during_a_fill_is_answered_by_the_fill() {
     assert!(got.body.is_empty());
     assert_eq!(fake.hits_on(Host::Front, Method::HEAD, &digest), 0);
     // Another repository's HEAD needs the upstream's word that it has the blob.
-    let other = crate::common::head(&format!("{base}/v2/other/blobs/{digest}")).await;
+    let other = crate::support::head(&format!("{base}/v2/other/blobs/{digest}")).await;
     assert_eq!(other.status, StatusCode::OK);
     assert_eq!(fake.hits_on(Host::Front, Method::HEAD, &digest), 1);
 

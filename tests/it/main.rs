@@ -4,8 +4,6 @@
 
 /// Bad input, read-only methods, _catalog, tags/list pagination.
 mod api;
-/// Helpers for the fake-upstream tests (client, seeded image, data-dir checks).
-mod common;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary.
 mod deploy;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.

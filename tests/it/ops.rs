@@ -15,11 +15,11 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::common::{
-    Image, blob_file, client, config_toml, get, seed_image, sha256, tmp_files, wait_for,
-};
 use crate::support::fake::{FakeUpstream, Host};
 use crate::support::regcache::Regcache;
+use crate::support::{
+    Image, blob_file, client, config_toml, get, pull, seed_image, tmp_files, wait_for,
+};
 
 const UPSTREAM: &str = "registry.k8s.io";
 
@@ -29,22 +29,6 @@ fn start(fake: &FakeUpstream, extra_args: &[&str]) -> Regcache {
         builder = builder.arg(*arg);
     }
     builder.start()
-}
-
-/// Pulls the whole image (manifest by tag, config, layer) and checks every body
-/// against its digest and the fake's bytes.
-async fn pull(base: &str, image: &Image) {
-    let got = get(&format!("{base}/v2/{}/manifests/{}", image.repo, image.tag)).await;
-    assert_eq!(got.ok_body(), &image.manifest);
-    assert_eq!(sha256(got.ok_body()), image.manifest_digest);
-    for (digest, bytes) in [
-        (&image.config_digest, &image.config),
-        (&image.layer_digest, &image.layer),
-    ] {
-        let got = get(&format!("{base}/v2/{}/blobs/{digest}", image.repo)).await;
-        assert_eq!(sha256(got.ok_body()), *digest);
-        assert_eq!(got.ok_body(), bytes);
-    }
 }
 
 /// GETs `url` to its end, ignoring every error (the server may be killed).
@@ -123,8 +107,8 @@ fn expected_rows(image: &Image) -> Vec<(String, String, String, String, u64)> {
     };
     vec![
         row(&image.tag, &image.manifest_digest, image.manifest.len()),
-        row("-", &image.config_digest, image.config.len()),
-        row("-", &image.layer_digest, image.layer.len()),
+        row("-", &image.config.digest, image.config.bytes.len()),
+        row("-", &image.layer().digest, image.layer().bytes.len()),
     ]
 }
 
@@ -190,8 +174,8 @@ async fn ls_and_stats_show_what_was_pulled_while_serving_and_after() {
     assert_eq!(lines.count(), 3, "{table}");
     for digest in [
         &image.manifest_digest,
-        &image.config_digest,
-        &image.layer_digest,
+        &image.config.digest,
+        &image.layer().digest,
     ] {
         assert!(table.contains(digest.as_str()), "{table}");
     }
@@ -203,7 +187,8 @@ async fn ls_and_stats_show_what_was_pulled_while_serving_and_after() {
         "{table}"
     );
 
-    let total = (image.manifest.len() + image.config.len() + image.layer.len()) as u64;
+    let total =
+        (image.manifest.len() + image.config.bytes.len() + image.layer().bytes.len()) as u64;
     // The server writes its counters every 2 s: wait for the three misses.
     let mut stats = Value::Null;
     for _ in 0..100 {
@@ -219,7 +204,7 @@ async fn ls_and_stats_show_what_was_pulled_while_serving_and_after() {
     assert_eq!(stats["blobs"], 2);
     assert_eq!(
         stats["blob_bytes"],
-        (image.config.len() + image.layer.len()) as u64
+        (image.config.bytes.len() + image.layer().bytes.len()) as u64
     );
     assert_eq!(stats["repositories"], 1);
     assert_eq!(stats["tags"], 1);
@@ -236,7 +221,7 @@ async fn ls_and_stats_show_what_was_pulled_while_serving_and_after() {
     get(&format!(
         "{}/v2/pause/blobs/{}",
         regcache.url(),
-        image.layer_digest
+        image.layer().digest
     ))
     .await;
     let mut text = String::new();
@@ -306,7 +291,7 @@ async fn verify_removes_a_corrupt_blob_and_the_next_pull_refetches_it() {
     assert!(clean.contains("all good"), "{clean}");
 
     // Same size, different bytes: only re-hashing can tell.
-    let path = blob_file(&data, &image.layer_digest);
+    let path = blob_file(&data, &image.layer().digest);
     let mut bytes = std::fs::read(&path).unwrap();
     for b in &mut bytes[1000..1010] {
         *b = !*b;
@@ -317,24 +302,24 @@ async fn verify_removes_a_corrupt_blob_and_the_next_pull_refetches_it() {
     let output = regcache_cmd(&data, &["verify"]).await;
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
     let report = stdout(&output);
-    assert!(report.contains(&image.layer_digest), "{report}");
+    assert!(report.contains(&image.layer().digest), "{report}");
     assert!(report.contains("hashes to"), "{report}");
     assert!(!path.exists());
     let listed = listing(&data).await;
     assert_eq!(listed.len(), 2);
-    assert!(listed.iter().all(|r| r.3 != image.layer_digest));
+    assert!(listed.iter().all(|r| r.3 != image.layer().digest));
     assert_index_matches_disk(&data);
 
     // A second run finds nothing; the next pull fetches the layer again.
     assert!(ok(&data, &["verify"]).await.contains("all good"));
-    let gets = fake.hits_on(Host::Storage, Method::GET, &image.layer_digest);
+    let gets = fake.hits_on(Host::Storage, Method::GET, &image.layer().digest);
     pull(&base, &image).await;
     assert_eq!(
-        fake.hits_on(Host::Storage, Method::GET, &image.layer_digest),
+        fake.hits_on(Host::Storage, Method::GET, &image.layer().digest),
         gets + 1
     );
     wait_for("the refetched layer to be committed", || path.exists()).await;
-    assert_eq!(std::fs::read(&path).unwrap(), image.layer);
+    assert_eq!(std::fs::read(&path).unwrap(), image.layer().bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +372,7 @@ async fn kill_9_mid_fills_and_evictions_then_restart_is_consistent() {
         pull(&regcache.url(), image).await;
     }
 
-    let paused = images[3].layer_digest.clone();
+    let paused = images[3].layer().digest.clone();
     fake.pause_after(&paused, 1024 * 1024);
     fake.set_throttle(Some((64 * 1024, Duration::from_millis(4))));
     let base = regcache.url();
@@ -398,8 +383,8 @@ async fn kill_9_mid_fills_and_evictions_then_restart_is_consistent() {
             tokio::spawn(async move {
                 let repo = &image.repo;
                 try_get(format!("{base}/v2/{repo}/manifests/v1")).await;
-                try_get(format!("{base}/v2/{repo}/blobs/{}", image.config_digest)).await;
-                try_get(format!("{base}/v2/{repo}/blobs/{}", image.layer_digest)).await;
+                try_get(format!("{base}/v2/{repo}/blobs/{}", image.config.digest)).await;
+                try_get(format!("{base}/v2/{repo}/blobs/{}", image.layer().digest)).await;
             })
         })
         .collect();

@@ -11,16 +11,16 @@ use std::time::Duration;
 use reqwest::Method;
 use reqwest::StatusCode;
 
-use crate::common::{
+use crate::support::fake::{Content, FakeUpstream, Host};
+use crate::support::regcache::Regcache;
+use crate::support::{
     OCI_MANIFEST, blob_file, client, config_toml_with, get, head, random_bytes, seed_image, send,
     sha256, wait_for,
 };
-use crate::support::fake::{Content, FakeUpstream, Host};
-use crate::support::regcache::Regcache;
 
 /// Headers every blob answer carries, for a blob of `size` bytes.
 #[track_caller]
-fn assert_blob_headers(got: &crate::common::Got, digest: &str, size: usize) {
+fn assert_blob_headers(got: &crate::support::Got, digest: &str, size: usize) {
     assert_eq!(
         got.header("docker-distribution-api-version"),
         Some("registry/2.0")
@@ -37,7 +37,7 @@ fn assert_blob_headers(got: &crate::common::Got, digest: &str, size: usize) {
 }
 
 #[track_caller]
-fn assert_manifest_headers(got: &crate::common::Got, digest: &str, size: usize) {
+fn assert_manifest_headers(got: &crate::support::Got, digest: &str, size: usize) {
     assert_eq!(
         got.header("docker-distribution-api-version"),
         Some("registry/2.0")
@@ -87,8 +87,8 @@ async fn pull_and_repull(fake: &FakeUpstream, manifest_gets: usize) {
     assert!(mh.body.is_empty());
 
     for (digest, bytes) in [
-        (&image.config_digest, &image.config),
-        (&image.layer_digest, &image.layer),
+        (&image.config.digest, &image.config.bytes),
+        (&image.layer().digest, &image.layer().bytes),
     ] {
         let url = format!("{base}/v2/pause/blobs/{digest}");
         let got = send(c.get(&url).header("accept-encoding", "gzip")).await;
@@ -102,7 +102,7 @@ async fn pull_and_repull(fake: &FakeUpstream, manifest_gets: usize) {
     }
 
     // The chain was walked once per blob: front 307, AR 302 (relative), AR 302, storage.
-    for digest in [&image.config_digest, &image.layer_digest] {
+    for digest in [&image.config.digest, &image.layer().digest] {
         assert_eq!(fake.hits_on(Host::Front, Method::GET, digest), 1);
         assert_eq!(fake.hits_on(Host::Storage, Method::GET, digest), 1);
     }
@@ -128,8 +128,8 @@ async fn pull_and_repull(fake: &FakeUpstream, manifest_gets: usize) {
     assert_manifest_headers(&by_digest, &image.manifest_digest, image.manifest.len());
     assert_eq!(get(&manifest_url).await.ok_body(), &image.manifest);
     for (digest, bytes) in [
-        (&image.config_digest, &image.config),
-        (&image.layer_digest, &image.layer),
+        (&image.config.digest, &image.config.bytes),
+        (&image.layer().digest, &image.layer().bytes),
     ] {
         let url = format!("{base}/v2/pause/blobs/{digest}");
         let got = get(&url).await;
@@ -234,22 +234,22 @@ async fn ranges_on_a_cached_blob_and_during_a_fill() {
     let size = 2 * 1024 * 1024;
     let image = seed_image(&fake, "pause", "3.9", size);
     let regcache = Regcache::with_upstream(fake.url());
-    let url = format!("{}/v2/pause/blobs/{}", regcache.url(), image.layer_digest);
+    let url = format!("{}/v2/pause/blobs/{}", regcache.url(), image.layer().digest);
     let c = client();
-    let layer = &image.layer;
+    let layer = &image.layer().bytes;
 
     // During a fill: the upstream is paused after 1 MiB.
-    fake.pause_after(&image.layer_digest, 1024 * 1024);
+    fake.pause_after(&image.layer().digest, 1024 * 1024);
     let first = tokio::spawn(send(c.get(&url)));
     wait_for("the upstream to send 1 MiB", || {
-        fake.sent(&image.layer_digest) == 1024 * 1024
+        fake.sent(&image.layer().digest) == 1024 * 1024
     })
     .await;
     // A range inside what has arrived is answered while the upstream is paused.
     let during = send(c.get(&url).header("range", "bytes=10-19")).await;
     // The blob's last bytes are sent only once the whole blob is verified.
     let tail = tokio::spawn(send(c.get(&url).header("range", "bytes=-5")));
-    fake.resume(&image.layer_digest);
+    fake.resume(&image.layer().digest);
     assert_eq!(during.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         during.header("content-range"),
@@ -262,7 +262,7 @@ async fn ranges_on_a_cached_blob_and_during_a_fill() {
     assert_eq!(&tail.ok_body()[..], &layer[size - 5..]);
     assert_eq!(first.await.unwrap().ok_body(), layer);
     assert_eq!(
-        fake.hits_on(Host::Storage, Method::GET, &image.layer_digest),
+        fake.hits_on(Host::Storage, Method::GET, &image.layer().digest),
         1
     );
     // The fill fetched the whole blob, whatever the clients' ranges.
@@ -311,7 +311,7 @@ async fn ranges_on_a_cached_blob_and_during_a_fill() {
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.ok_body(), layer);
     assert_eq!(
-        fake.hits_on(Host::Storage, Method::GET, &image.layer_digest),
+        fake.hits_on(Host::Storage, Method::GET, &image.layer().digest),
         1
     );
 }
@@ -322,10 +322,10 @@ async fn another_repository_gets_cached_bytes_only_after_upstream_confirms() {
     let image = seed_image(&fake, "pause", "3.9", 4096);
     let regcache = Regcache::with_upstream(fake.url());
     let base = regcache.url();
-    let d = &image.layer_digest;
+    let d = &image.layer().digest;
     assert_eq!(
         get(&format!("{base}/v2/pause/blobs/{d}")).await.ok_body(),
-        &image.layer
+        &image.layer().bytes
     );
 
     // "other" does not have it upstream: 404 although the bytes are cached.
@@ -343,7 +343,7 @@ async fn another_repository_gets_cached_bytes_only_after_upstream_confirms() {
     let heads_before = fake.hits_on(Host::Front, Method::HEAD, "/v2/other/blobs/");
     let got = get(&format!("{base}/v2/other/blobs/{d}")).await;
     assert_eq!(got.status, StatusCode::OK);
-    assert_eq!(got.ok_body(), &image.layer);
+    assert_eq!(got.ok_body(), &image.layer().bytes);
     assert_eq!(
         fake.hits_on(Host::Front, Method::HEAD, "/v2/other/blobs/"),
         heads_before + 1
@@ -358,7 +358,7 @@ async fn another_repository_gets_cached_bytes_only_after_upstream_confirms() {
     let before = fake.total_hits();
     assert_eq!(
         get(&format!("{base}/v2/other/blobs/{d}")).await.ok_body(),
-        &image.layer
+        &image.layer().bytes
     );
     assert_eq!(fake.total_hits(), before);
 
@@ -397,7 +397,7 @@ async fn a_throttled_upstream_body_is_streamed_to_the_client() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let first = tokio::time::timeout(crate::common::WAIT, response.chunk())
+    let first = tokio::time::timeout(crate::support::WAIT, response.chunk())
         .await
         .expect("first bytes")
         .unwrap()
@@ -432,7 +432,7 @@ async fn a_paused_upstream_body_is_streamed_to_the_client() {
     // The first MiB arrives while the upstream is stopped after sending it.
     let mut received = Vec::new();
     while received.len() < 1024 * 1024 {
-        let chunk = tokio::time::timeout(crate::common::WAIT, response.chunk())
+        let chunk = tokio::time::timeout(crate::support::WAIT, response.chunk())
             .await
             .expect("bytes while the upstream is paused")
             .unwrap()
@@ -460,7 +460,7 @@ async fn a_client_hanging_up_does_not_cancel_the_fill() {
     {
         let c = client();
         let mut response = c.get(&url).send().await.unwrap();
-        let chunk = tokio::time::timeout(crate::common::WAIT, response.chunk())
+        let chunk = tokio::time::timeout(crate::support::WAIT, response.chunk())
             .await
             .expect("first bytes")
             .unwrap()
@@ -491,16 +491,16 @@ async fn ns_routes_to_configured_upstreams_only() {
         assert_eq!(got.header("oci-namespace"), Some(ns));
         let got = get(&format!(
             "{base}/v2/pause/blobs/{}?ns={ns}",
-            image.layer_digest
+            image.layer().digest
         ))
         .await;
-        assert_eq!(got.ok_body(), &image.layer);
+        assert_eq!(got.ok_body(), &image.layer().bytes);
         assert_eq!(got.header("oci-namespace"), Some(ns));
     }
     let before = fake.total_hits();
     for path in [
         "/v2/pause/manifests/3.9",
-        &format!("/v2/pause/blobs/{}", image.layer_digest),
+        &format!("/v2/pause/blobs/{}", image.layer().digest),
         "/v2/pause/tags/list",
         "/v2/fresh/manifests/latest",
     ] {
@@ -632,8 +632,8 @@ async fn configured_credentials_never_reach_a_redirect_target() {
     let base = regcache.url();
     let got = get(&format!("{base}/v2/pause/manifests/3.9")).await;
     assert_eq!(got.ok_body(), &image.manifest);
-    let got = get(&format!("{base}/v2/pause/blobs/{}", image.layer_digest)).await;
-    assert_eq!(got.ok_body(), &image.layer);
+    let got = get(&format!("{base}/v2/pause/blobs/{}", image.layer().digest)).await;
+    assert_eq!(got.ok_body(), &image.layer().bytes);
     // AR's challenge comes from a redirect target: its token is fetched
     // anonymously, and the password goes nowhere.
     assert_eq!(fake.hits_on(Host::Registry, Method::GET, "/v2/token"), 1);
@@ -715,14 +715,14 @@ async fn a_committed_file_that_vanished_is_fetched_again() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 100_000);
     let regcache = Regcache::with_upstream(fake.url());
-    let url = format!("{}/v2/pause/blobs/{}", regcache.url(), image.layer_digest);
-    assert_eq!(get(&url).await.ok_body(), &image.layer);
-    let file = blob_file(regcache.data_dir(), &image.layer_digest);
+    let url = format!("{}/v2/pause/blobs/{}", regcache.url(), image.layer().digest);
+    assert_eq!(get(&url).await.ok_body(), &image.layer().bytes);
+    let file = blob_file(regcache.data_dir(), &image.layer().digest);
     std::fs::remove_file(&file).unwrap();
     let got = get(&url).await;
-    assert_eq!(got.ok_body(), &image.layer);
+    assert_eq!(got.ok_body(), &image.layer().bytes);
     assert_eq!(
-        fake.hits_on(Host::Storage, Method::GET, &image.layer_digest),
+        fake.hits_on(Host::Storage, Method::GET, &image.layer().digest),
         2
     );
     assert!(file.exists());
@@ -759,20 +759,20 @@ async fn a_cold_blob_head_asks_upstream_without_fetching_bytes() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 123_457);
     let regcache = Regcache::with_upstream(fake.url());
-    let url = format!("{}/v2/pause/blobs/{}", regcache.url(), image.layer_digest);
+    let url = format!("{}/v2/pause/blobs/{}", regcache.url(), image.layer().digest);
     let h = head(&url).await;
     assert_eq!(h.status, StatusCode::OK);
     assert_eq!(h.header("content-length"), Some("123457"));
     assert_eq!(
         h.header("docker-content-digest"),
-        Some(image.layer_digest.as_str())
+        Some(image.layer().digest.as_str())
     );
     assert!(h.body.is_empty());
     assert_eq!(
-        fake.hits_on(Host::Storage, Method::GET, &image.layer_digest),
+        fake.hits_on(Host::Storage, Method::GET, &image.layer().digest),
         0
     );
-    assert!(!blob_file(regcache.data_dir(), &image.layer_digest).exists());
+    assert!(!blob_file(regcache.data_dir(), &image.layer().digest).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -801,25 +801,25 @@ async fn a_blob_without_content_length_upstream_is_streamed_and_verified() {
     let image = seed_image(&fake, "pause", "3.9", 2 * 1024 * 1024 + 3);
     fake.set_no_content_length(true);
     let regcache = Regcache::with_upstream(fake.url());
-    let url = format!("{}/v2/pause/blobs/{}", regcache.url(), image.layer_digest);
+    let url = format!("{}/v2/pause/blobs/{}", regcache.url(), image.layer().digest);
     // Wrong bytes without a length: the chunked answer must still not end cleanly.
-    fake.set_wrong_bytes(&image.layer_digest, true);
+    fake.set_wrong_bytes(&image.layer().digest, true);
     let got = get(&url).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.body_error.is_some(), "a bad chunked body ended cleanly");
-    fake.set_wrong_bytes(&image.layer_digest, false);
+    fake.set_wrong_bytes(&image.layer().digest, false);
     let got = get(&url).await;
     assert_eq!(got.status, StatusCode::OK);
-    assert_eq!(got.ok_body(), &image.layer);
+    assert_eq!(got.ok_body(), &image.layer().bytes);
     // Cached: now with its exact length.
     let got = get(&url).await;
-    assert_eq!(got.ok_body(), &image.layer);
+    assert_eq!(got.ok_body(), &image.layer().bytes);
     assert_eq!(
         got.header("content-length"),
-        Some(image.layer.len().to_string().as_str())
+        Some(image.layer().bytes.len().to_string().as_str())
     );
     assert_eq!(
-        fake.hits_on(Host::Storage, Method::GET, &image.layer_digest),
+        fake.hits_on(Host::Storage, Method::GET, &image.layer().digest),
         2
     );
 }
@@ -837,8 +837,8 @@ async fn a_rejected_token_is_replaced() {
     fake.revoke_tokens();
     let got = get(&format!("{base}/v2/pause/manifests/3.10")).await;
     assert_eq!(got.ok_body(), &second.manifest);
-    let got = get(&format!("{base}/v2/pause/blobs/{}", second.layer_digest)).await;
-    assert_eq!(got.ok_body(), &second.layer);
+    let got = get(&format!("{base}/v2/pause/blobs/{}", second.layer().digest)).await;
+    assert_eq!(got.ok_body(), &second.layer().bytes);
     assert_eq!(fake.hits_on(Host::Registry, Method::GET, "/v2/token"), 2);
 }
 
@@ -876,7 +876,7 @@ async fn client_credentials_are_never_forwarded() {
     let c = client();
     for path in [
         "/v2/pause/manifests/3.9".to_owned(),
-        format!("/v2/pause/blobs/{}", image.layer_digest),
+        format!("/v2/pause/blobs/{}", image.layer().digest),
         "/v2/pause/tags/list".to_owned(),
     ] {
         let got = send(
@@ -899,8 +899,8 @@ async fn nested_repository_names_pull_through() {
     let base = format!("{}/v2/sig-storage/csi/provisioner", regcache.url());
     let got = get(&format!("{base}/manifests/v5.0.1")).await;
     assert_eq!(got.ok_body(), &image.manifest);
-    let got = get(&format!("{base}/blobs/{}", image.layer_digest)).await;
-    assert_eq!(got.ok_body(), &image.layer);
+    let got = get(&format!("{base}/blobs/{}", image.layer().digest)).await;
+    assert_eq!(got.ok_body(), &image.layer().bytes);
     let got = get(&format!("{base}/tags/list")).await;
     let json: serde_json::Value = serde_json::from_slice(got.ok_body()).unwrap();
     assert_eq!(json["name"], "sig-storage/csi/provisioner");

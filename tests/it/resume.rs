@@ -8,9 +8,9 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::common::{blob_file, client, get, seed_image, sha256, tmp_files, wait_for};
 use crate::support::fake::{FakeUpstream, Host};
 use crate::support::regcache::Regcache;
+use crate::support::{blob_file, client, get, seed_image, sha256, tmp_files, wait_for};
 
 const MIB: usize = 1024 * 1024;
 
@@ -19,14 +19,14 @@ async fn a_body_cut_once_is_resumed_with_one_range_request() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 3 * MIB);
     let regcache = Regcache::with_upstream(fake.url());
-    let d = &image.layer_digest;
+    let d = &image.layer().digest;
     let cut = MIB as u64 + 7;
     fake.set_cut_once(d, cut);
     let url = format!("{}/v2/pause/blobs/{d}", regcache.url());
 
     let got = get(&url).await;
     assert_eq!(got.status, StatusCode::OK);
-    assert_eq!(got.ok_body(), &image.layer);
+    assert_eq!(got.ok_body(), &image.layer().bytes);
     assert_eq!(sha256(&got.body), *d);
     assert_eq!(
         fake.storage_gets(d),
@@ -37,7 +37,7 @@ async fn a_body_cut_once_is_resumed_with_one_range_request() {
 
     // Cached: the next request is a hit, with no upstream GET.
     let gets = fake.hits_on(Host::Storage, Method::GET, d);
-    assert_eq!(get(&url).await.ok_body(), &image.layer);
+    assert_eq!(get(&url).await.ok_body(), &image.layer().bytes);
     assert_eq!(fake.hits_on(Host::Storage, Method::GET, d), gets);
     fake.assert_no_violations();
 }
@@ -47,7 +47,7 @@ async fn readers_of_a_resumed_fill_get_every_byte() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 3 * MIB);
     let regcache = Regcache::with_upstream(fake.url());
-    let d = &image.layer_digest;
+    let d = &image.layer().digest;
     let cut = 2 * MIB as u64 + 13;
     fake.pause_after(d, MIB as u64);
     fake.set_cut_once(d, cut);
@@ -63,7 +63,7 @@ async fn readers_of_a_resumed_fill_get_every_byte() {
     }))
     .await;
     for body in bodies {
-        assert_eq!(body.len(), image.layer.len());
+        assert_eq!(body.len(), image.layer().bytes.len());
         assert_eq!(sha256(&body), *d);
     }
     assert_eq!(
@@ -78,7 +78,7 @@ async fn a_body_cut_every_time_fails_the_fill_after_three_resumes() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 3 * MIB);
     let regcache = Regcache::with_upstream(fake.url());
-    let d = &image.layer_digest;
+    let d = &image.layer().digest;
     let cut = MIB as u64 + 7;
     fake.set_cut_after(d, Some(cut));
     let url = format!("{}/v2/pause/blobs/{d}", regcache.url());
@@ -86,7 +86,7 @@ async fn a_body_cut_every_time_fails_the_fill_after_three_resumes() {
     let got = get(&url).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(
-        got.body_error.is_some() || got.body.len() < image.layer.len(),
+        got.body_error.is_some() || got.body.len() < image.layer().bytes.len(),
         "a failed fill ended cleanly with {} bytes",
         got.body.len()
     );
@@ -103,7 +103,7 @@ async fn a_body_cut_every_time_fails_the_fill_after_three_resumes() {
 
     // The next request starts a new fill, which works once the fault is off.
     fake.set_cut_after(d, None);
-    assert_eq!(get(&url).await.ok_body(), &image.layer);
+    assert_eq!(get(&url).await.ok_body(), &image.layer().bytes);
     assert_eq!(fake.hits_on(Host::Storage, Method::GET, d), 5);
     assert!(blob_file(regcache.data_dir(), d).exists());
 }

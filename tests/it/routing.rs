@@ -8,9 +8,9 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::common::{Image, blob_file, get, head, seed_image, three_upstreams_toml};
 use crate::support::fake::{Content, FakeUpstream, Host};
 use crate::support::regcache::Regcache;
+use crate::support::{blob_file, get, head, pull_via, seed_image, three_upstreams_toml};
 
 /// regcache with three upstreams: `registry.k8s.io` (default, alias
 /// `k8s.gcr.io`), `docker.io` and `ghcr.io`, each a fake.
@@ -43,23 +43,6 @@ impl ThreeUpstreams {
     }
 }
 
-/// GETs `image`'s manifest by tag and its layer at `prefix` + repository (+ `query`):
-/// both must be exactly the image's bytes.
-async fn pull(base: &str, prefix: &str, repo: &str, query: &str, image: &Image) {
-    let got = get(&format!(
-        "{base}/v2/{prefix}{repo}/manifests/{}{query}",
-        image.tag
-    ))
-    .await;
-    assert_eq!(got.ok_body(), &image.manifest, "{prefix}{repo}{query}");
-    let got = get(&format!(
-        "{base}/v2/{prefix}{repo}/blobs/{}{query}",
-        image.layer_digest
-    ))
-    .await;
-    assert_eq!(got.ok_body(), &image.layer, "{prefix}{repo}{query}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ns_path_prefix_and_default_reach_their_own_upstream() {
     let up = ThreeUpstreams::start();
@@ -68,28 +51,21 @@ async fn ns_path_prefix_and_default_reach_their_own_upstream() {
     let alpine = seed_image(&up.hub, "library/alpine", "3.20", 1000);
     let tool = seed_image(&up.ghcr, "org/tool", "v1", 1000);
 
-    pull(&base, "", "pause", "", &pause).await;
-    pull(&base, "", "pause", "?ns=k8s.gcr.io", &pause).await;
-    pull(&base, "k8s.gcr.io/", "pause", "", &pause).await;
-    pull(&base, "registry.k8s.io/", "pause", "", &pause).await;
+    pull_via(&base, "pause", "", &pause).await;
+    pull_via(&base, "pause", "?ns=k8s.gcr.io", &pause).await;
+    pull_via(&base, "k8s.gcr.io/pause", "", &pause).await;
+    pull_via(&base, "registry.k8s.io/pause", "", &pause).await;
     // Docker Hub: one-component names get library/, under any of its hosts.
-    pull(&base, "", "alpine", "?ns=docker.io", &alpine).await;
-    pull(&base, "", "library/alpine", "?ns=docker.io", &alpine).await;
-    pull(&base, "docker.io/", "alpine", "", &alpine).await;
-    pull(&base, "index.docker.io/", "library/alpine", "", &alpine).await;
-    pull(&base, "", "alpine", "?ns=registry-1.docker.io", &alpine).await;
+    pull_via(&base, "alpine", "?ns=docker.io", &alpine).await;
+    pull_via(&base, "library/alpine", "?ns=docker.io", &alpine).await;
+    pull_via(&base, "docker.io/alpine", "", &alpine).await;
+    pull_via(&base, "index.docker.io/library/alpine", "", &alpine).await;
+    pull_via(&base, "alpine", "?ns=registry-1.docker.io", &alpine).await;
     // containerd with override_path: the prefix repeats the ns.
-    pull(
-        &base,
-        "docker.io/",
-        "library/alpine",
-        "?ns=docker.io",
-        &alpine,
-    )
-    .await;
+    pull_via(&base, "docker.io/library/alpine", "?ns=docker.io", &alpine).await;
     // The token-auth upstream.
-    pull(&base, "", "org/tool", "?ns=ghcr.io", &tool).await;
-    pull(&base, "ghcr.io/", "org/tool", "", &tool).await;
+    pull_via(&base, "org/tool", "?ns=ghcr.io", &tool).await;
+    pull_via(&base, "ghcr.io/org/tool", "", &tool).await;
 
     // Each upstream was asked for its own image only, each blob fetched once
     // (the repeated pulls were hits), and nothing leaked across upstreams.
@@ -101,12 +77,12 @@ async fn ns_path_prefix_and_default_reach_their_own_upstream() {
         assert_eq!(
             fake.count(|s| s.method == Method::GET
                 && s.host == Host::Front
-                && s.path.ends_with(&image.layer_digest)),
+                && s.path.ends_with(&image.layer().digest)),
             1,
             "{}",
             image.repo
         );
-        assert_eq!(fake.hits(&other.layer_digest), 0);
+        assert_eq!(fake.hits(&other.layer().digest), 0);
         assert_eq!(fake.count(|s| s.query.contains("ns=")), 0, "ns is ours");
         fake.assert_no_violations();
     }
@@ -126,10 +102,10 @@ async fn an_unknown_ns_or_registry_prefix_is_a_404_and_dials_nothing() {
     let pause = seed_image(&up.k8s, "pause", "3.9", 100);
     for target in [
         "/v2/pause/manifests/3.9?ns=quay.io".to_owned(),
-        format!("/v2/pause/blobs/{}?ns=quay.io", pause.layer_digest),
+        format!("/v2/pause/blobs/{}?ns=quay.io", pause.layer().digest),
         "/v2/pause/tags/list?ns=evil.example%3A5000".to_owned(),
         "/v2/quay.io/org/app/manifests/v1".to_owned(),
-        format!("/v2/quay.io/pause/blobs/{}", pause.layer_digest),
+        format!("/v2/quay.io/pause/blobs/{}", pause.layer().digest),
         "/v2/localhost/app/tags/list".to_owned(),
         "/v2/evil.example/a/b/manifests/latest".to_owned(),
     ] {
@@ -152,26 +128,29 @@ async fn one_tag_in_two_upstreams_gives_each_its_own_while_blobs_are_stored_once
     let hub_app = seed_image(&up.hub, "library/app", "v1", 3000);
     assert_ne!(k8s_app.manifest_digest, hub_app.manifest_digest);
     for _ in 0..2 {
-        pull(&base, "", "app", "", &k8s_app).await;
-        pull(&base, "", "app", "?ns=docker.io", &hub_app).await;
-        pull(&base, "docker.io/", "app", "", &hub_app).await;
+        pull_via(&base, "app", "", &k8s_app).await;
+        pull_via(&base, "app", "?ns=docker.io", &hub_app).await;
+        pull_via(&base, "docker.io/app", "", &hub_app).await;
     }
     // The same bytes in both upstreams: stored once, fetched once, served to a
     // repository only once its own upstream confirmed it has them.
     let shared = seed_image(&up.k8s, "shared", "v1", 4000);
     up.hub.put_content_with_digest(
         "library/shared",
-        &shared.layer_digest,
-        Content::Bytes(shared.layer.clone()),
+        &shared.layer().digest,
+        Content::Bytes(shared.layer().bytes.clone()),
     );
-    let url = |q: &str| format!("{base}/v2/shared/blobs/{}{q}", shared.layer_digest);
-    assert_eq!(get(&url("")).await.ok_body(), &shared.layer);
-    assert_eq!(get(&url("?ns=docker.io")).await.ok_body(), &shared.layer);
-    let d = &shared.layer_digest;
+    let url = |q: &str| format!("{base}/v2/shared/blobs/{}{q}", shared.layer().digest);
+    assert_eq!(get(&url("")).await.ok_body(), &shared.layer().bytes);
+    assert_eq!(
+        get(&url("?ns=docker.io")).await.ok_body(),
+        &shared.layer().bytes
+    );
+    let d = &shared.layer().digest;
     assert_eq!(up.k8s.hits_on(Host::Front, Method::GET, d), 1);
     assert_eq!(up.hub.hits_on(Host::Front, Method::GET, d), 0);
     assert_eq!(up.hub.hits_on(Host::Front, Method::HEAD, d), 1);
-    assert!(blob_file(up.regcache.data_dir(), &shared.layer_digest).exists());
+    assert!(blob_file(up.regcache.data_dir(), &shared.layer().digest).exists());
     // Not in ghcr.io's repository: its upstream says so, and the cached copy is not served.
     get(&url("?ns=ghcr.io"))
         .await

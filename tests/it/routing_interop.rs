@@ -26,7 +26,6 @@ use std::time::Instant;
 
 use reqwest::Method;
 
-use crate::common::three_upstreams_toml;
 use crate::support::clients::{
     CLOSED_UPSTREAM, Client, Platforms, Stored, containerd_pull_with_hosts, podman_pull_with_conf,
     skopeo_copy_with_conf, verify,
@@ -35,6 +34,7 @@ use crate::support::docker_registry::DockerRegistry;
 use crate::support::fake::{Content, FakeUpstream, Host};
 use crate::support::images::{self, Image};
 use crate::support::regcache::Regcache;
+use crate::support::three_upstreams_toml;
 
 /// Where the guides live.
 const GUIDES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/guides");

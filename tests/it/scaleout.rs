@@ -21,15 +21,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use bytes::Bytes;
 use futures_util::future::join_all;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 
-use crate::common::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, client, random_bytes, send, sha256};
-use crate::common::{WAIT, wait_for};
 use crate::support::fake::{FakeUpstream, Host};
 use crate::support::nginx::Nginx;
 use crate::support::regcache::Regcache;
+use crate::support::{Image, WAIT, client, pull_via, seed_layers, send, wait_for};
 
 const REPO: &str = "scale/app";
 const TAG: &str = "1.0";
@@ -47,94 +45,31 @@ const REQUEST_URI: &str = "$request_uri";
 /// The ring's key for clients that mix `?ns=` and none: the path alone.
 const PATH: &str = "$uri";
 
-/// The seeded image: its manifest (by tag) and every blob it lists.
-#[derive(Debug)]
-struct Image {
-    manifest_digest: String,
-    /// Config first, then the layers.
-    blobs: Vec<(String, Bytes)>,
-}
-
-impl Image {
-    /// Every request URI of one pull with `query`, and the digest each names.
-    fn uris(&self, query: &str) -> Vec<(String, String)> {
-        let manifest = format!("/v2/{REPO}/manifests/{TAG}{query}");
-        let blobs = self
-            .blobs
-            .iter()
-            .map(|(d, _)| (format!("/v2/{REPO}/blobs/{d}{query}"), d.clone()));
-        std::iter::once((manifest, self.manifest_digest.clone()))
-            .chain(blobs)
-            .collect()
-    }
-
-    fn blob_digests(&self) -> impl Iterator<Item = &str> {
-        self.blobs.iter().map(|(d, _)| d.as_str())
-    }
-}
-
-/// A config, the layers of [`LAYER_KIB`] and an OCI manifest tagged [`TAG`].
-fn seed(fake: &FakeUpstream) -> Image {
-    let config = Bytes::from(
-        r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
-    );
-    let mut blobs = vec![(fake.put_blob(REPO, config.clone()), config)];
-    for kib in LAYER_KIB {
-        let layer = random_bytes(kib * 1024);
-        blobs.push((fake.put_blob(REPO, layer.clone()), layer));
-    }
-    let descriptor = |(i, (digest, bytes)): (usize, &(String, Bytes))| {
-        let media_type = if i == 0 { OCI_CONFIG } else { OCI_LAYER };
-        serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
-    };
-    let mut descriptors = blobs.iter().enumerate().map(descriptor);
-    let config = descriptors.next().expect("config");
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": config, "layers": descriptors.collect::<Vec<_>>(),
+/// Every request URI of one pull of `image` with `query`, and the digest each names.
+fn uris(image: &Image, query: &str) -> Vec<(String, String)> {
+    let manifest = format!("/v2/{REPO}/manifests/{TAG}{query}");
+    let blobs = image.blobs().map(|b| {
+        (
+            format!("/v2/{REPO}/blobs/{}{query}", b.digest),
+            b.digest.clone(),
+        )
     });
-    let manifest = Bytes::from(manifest.to_string());
-    let manifest_digest = fake.put_manifest(REPO, Some(TAG), OCI_MANIFEST, manifest);
-    Image {
-        manifest_digest,
-        blobs,
-    }
-}
-
-/// One client's pull through `base`: the manifest by tag, then every blob it
-/// lists, each body hashed and compared with its digest; `query` is on every
-/// request.
-async fn pull(base: &str, image: &Image, query: &str) {
-    let http = client();
-    let url = format!("{base}/v2/{REPO}/manifests/{TAG}{query}");
-    let got = send(http.get(&url).header("accept", OCI_MANIFEST)).await;
-    assert_eq!(got.status, StatusCode::OK, "{url}: {:?}", got.body);
-    assert_eq!(sha256(got.ok_body()), image.manifest_digest, "{url}");
-    let listed = listed_digests(&got.body);
-    assert_eq!(listed, image.blob_digests().collect::<Vec<_>>(), "{url}");
-    for digest in listed {
-        let url = format!("{base}/v2/{REPO}/blobs/{digest}{query}");
-        let got = send(http.get(&url)).await;
-        assert_eq!(got.status, StatusCode::OK, "{url}: {:?}", got.body);
-        assert_eq!(sha256(got.ok_body()), digest, "{url}");
-    }
-}
-
-/// The config and layer digests a manifest lists, in order.
-fn listed_digests(manifest: &[u8]) -> Vec<String> {
-    let json: serde_json::Value = serde_json::from_slice(manifest).expect("manifest JSON");
-    let layers = json["layers"].as_array().expect("layers").iter();
-    std::iter::once(&json["config"])
-        .chain(layers)
-        .map(|d| d["digest"].as_str().expect("digest").to_owned())
+    std::iter::once((manifest, image.manifest_digest.clone()))
+        .chain(blobs)
         .collect()
+}
+
+/// The image every test here pulls: a config and the layers of [`LAYER_KIB`].
+fn seed(fake: &FakeUpstream) -> Image {
+    let sizes = LAYER_KIB.map(|kib| kib * 1024);
+    seed_layers(fake, REPO, TAG, &sizes)
 }
 
 /// [`CLIENTS`] pulls per query form, all at once (so herds meet on cold URIs).
 async fn pull_all(base: &str, image: &Image, queries: &[&str]) {
     let pulls = queries
         .iter()
-        .flat_map(|q| (0..CLIENTS).map(move |_| pull(base, image, q)));
+        .flat_map(|q| (0..CLIENTS).map(move |_| pull_via(base, REPO, q, image)));
     tokio::time::timeout(WAIT, join_all(pulls))
         .await
         .expect("every pull to end");
@@ -276,7 +211,7 @@ impl Ring {
     /// One round of [`pull_all`] through nginx, waiting for the logs after it.
     async fn round(&mut self, image: &Image, queries: &[&str]) {
         pull_all(&self.nginx.url(), image, queries).await;
-        for (uri, _) in queries.iter().flat_map(|q| image.uris(q)) {
+        for (uri, _) in queries.iter().flat_map(|q| uris(image, q)) {
             *self.sent.entry(uri).or_default() += CLIENTS;
         }
         let all: Vec<_> = self.replicas.iter().collect();
@@ -334,7 +269,7 @@ fn assert_accounting(ring: &Ring, fake: &FakeUpstream, image: &Image, uris: &[(S
             .collect();
         assert_eq!(held, &sent_here, "replica {i} holds other than its URIs");
     }
-    for digest in image.blob_digests() {
+    for digest in image.blobs().map(|b| b.digest.as_str()) {
         let holders = stored.iter().filter(|s| s.contains(digest)).count();
         assert_eq!(blob_fetches(fake, digest), holders, "fetches of {digest}");
     }
@@ -346,7 +281,7 @@ fn assert_accounting(ring: &Ring, fake: &FakeUpstream, image: &Image, uris: &[(S
 }
 
 fn total_blob_fetches(fake: &FakeUpstream, image: &Image) -> usize {
-    image.blob_digests().map(|d| blob_fetches(fake, d)).sum()
+    image.blobs().map(|b| blob_fetches(fake, &b.digest)).sum()
 }
 
 fn report(phase: &str, ring: &Ring, fake: &FakeUpstream, image: &Image) {
@@ -354,7 +289,7 @@ fn report(phase: &str, ring: &Ring, fake: &FakeUpstream, image: &Image) {
     eprintln!(
         "ring {phase}: {} blobs; upstream blob GETs {}, manifest GETs {}, all requests {}; \
          content files per replica {per_replica:?}",
-        image.blobs.len(),
+        image.blobs().count(),
         total_blob_fetches(fake, image),
         manifest_fetches(fake),
         fake.total_hits(),
@@ -370,14 +305,14 @@ async fn ring_of_three_behind_nginx_fetches_each_uri_once() {
     let image = seed(&fake);
     let mut ring = Ring::start(&fake.url(), REQUEST_URI);
     eprintln!("ring: nginx.conf\n{}", ring.nginx.conf());
-    let plain = image.uris("");
-    let with_ns = image.uris(NS);
+    let plain = uris(&image, "");
+    let with_ns = uris(&image, NS);
     let all_uris: Vec<_> = plain.iter().chain(&with_ns).cloned().collect();
 
     // Cold, then warm, without ns: one fetch per blob across the three.
     ring.round(&image, &[""]).await;
     ring.round(&image, &[""]).await;
-    for digest in image.blob_digests() {
+    for digest in image.blobs().map(|b| b.digest.as_str()) {
         assert_eq!(blob_fetches(&fake, digest), 1, "{digest}");
     }
     assert_eq!(manifest_fetches(&fake), 1);
@@ -387,7 +322,7 @@ async fn ring_of_three_behind_nginx_fetches_each_uri_once() {
     let spread = routed.values().collect::<BTreeSet<_>>().len();
     assert!(spread >= 2, "every URI hashed to one replica: {routed:?}");
     let files: usize = ring.stored().iter().map(BTreeSet::len).sum();
-    assert_eq!(files, image.blobs.len() + 1, "each blob stored once");
+    assert_eq!(files, image.blobs().count() + 1, "each blob stored once");
     report("cold+warm, no ns", &ring, &fake, &image);
 
     // containerd's `?ns=` makes other URIs: each hashes on its own, so a blob
@@ -431,8 +366,8 @@ async fn replica_goes_away(
         .max_by_key(|&i| stored_before[i].len())
         .expect("replicas");
     let before: HashMap<_, _> = image
-        .blob_digests()
-        .map(|d| (d.to_owned(), blob_fetches(fake, d)))
+        .blobs()
+        .map(|b| (b.digest.clone(), blob_fetches(fake, &b.digest)))
         .collect();
     let old_routes = one_replica_each(&ring.routes(&vec![HashMap::new(); 3]));
     ring.replicas[dead].stop();
@@ -447,14 +382,14 @@ async fn replica_goes_away(
         }
     }
     assert_accounting(ring, fake, image, uris);
-    for digest in image.blob_digests() {
+    for digest in image.blobs().map(|b| b.digest.as_str()) {
         if !stored_before[dead].contains(digest) {
             assert_eq!(blob_fetches(fake, digest), before[digest], "{digest}");
         }
     }
     let refetched: usize = image
-        .blob_digests()
-        .map(|d| blob_fetches(fake, d) - before[d])
+        .blobs()
+        .map(|b| blob_fetches(fake, &b.digest) - before[&b.digest])
         .sum();
     let moved = old_routes.values().filter(|&&r| r == dead).count();
     eprintln!(
@@ -510,12 +445,12 @@ async fn ring_keyed_by_path_fetches_once_with_and_without_ns() {
     let mut ring = Ring::start(&fake.url(), PATH);
     ring.round(&image, &["", NS]).await;
     ring.round(&image, &["", NS]).await;
-    for digest in image.blob_digests() {
+    for digest in image.blobs().map(|b| b.digest.as_str()) {
         assert_eq!(blob_fetches(&fake, digest), 1, "{digest}");
     }
     assert_eq!(manifest_fetches(&fake), 1);
     let files: usize = ring.stored().iter().map(BTreeSet::len).sum();
-    assert_eq!(files, image.blobs.len() + 1, "each blob stored once");
+    assert_eq!(files, image.blobs().count() + 1, "each blob stored once");
     report("keyed by $uri, ?ns= and plain", &ring, &fake, &image);
     let requests = fake.total_hits();
     ring.round(&image, &["", NS]).await;
@@ -559,9 +494,9 @@ fn regional_gets(regional: &Regcache, uris: &[(String, String)]) -> Vec<usize> {
 }
 
 /// Pulls through `edge` (all clients at once) and waits for its access log.
-async fn pull_via(edge: &Regcache, image: &Image, query: &str, sent: usize) {
+async fn pull_through(edge: &Regcache, image: &Image, query: &str, sent: usize) {
     pull_all(&edge.url(), image, &[query]).await;
-    settle(&[edge], &image.uris(query), sent).await;
+    settle(&[edge], &uris(image, query), sent).await;
 }
 
 /// A regional regcache in front of the fake, edge regcaches in front of it.
@@ -572,14 +507,14 @@ async fn edges_fill_from_a_regional_that_fills_from_the_upstream() {
     let regional = tier(&fake.url());
     let edges: Vec<_> = (0..2).map(|_| tier(&regional.url())).collect();
     // What the regional is asked: plain paths, whatever the edge's client sent.
-    let plain = image.uris("");
-    let all: Vec<_> = image.blob_digests().map(str::to_owned).collect();
+    let plain = uris(&image, "");
+    let all: Vec<_> = image.blobs().map(|b| b.digest.clone()).collect();
 
     // Edge 1 with containerd's ns, edge 2 without: one fetch per blob upstream,
     // one request per URI per edge at the regional.
-    pull_via(&edges[0], &image, NS, CLIENTS).await;
+    pull_through(&edges[0], &image, NS, CLIENTS).await;
     settle(&[&regional], &plain, 1).await;
-    pull_via(&edges[1], &image, "", CLIENTS).await;
+    pull_through(&edges[1], &image, "", CLIENTS).await;
     settle(&[&regional], &plain, 2).await;
     for digest in &all {
         assert_eq!(blob_fetches(&fake, digest), 1, "{digest}");
@@ -604,8 +539,8 @@ async fn edges_fill_from_a_regional_that_fills_from_the_upstream() {
 
     // Warm edges ask the regional nothing.
     let regional_seen = served(&regional);
-    pull_via(&edges[0], &image, NS, 2 * CLIENTS).await;
-    pull_via(&edges[1], &image, "", 2 * CLIENTS).await;
+    pull_through(&edges[0], &image, NS, 2 * CLIENTS).await;
+    pull_through(&edges[1], &image, "", 2 * CLIENTS).await;
     assert_eq!(
         served(&regional),
         regional_seen,
@@ -624,13 +559,13 @@ async fn tiers_when_things_go_down(
     edges: Vec<Regcache>,
     image: &Image,
 ) {
-    let plain = image.uris("");
+    let plain = uris(image, "");
     fake.set_down(true);
     let upstream_seen = fake.total_hits();
-    pull_via(&edges[0], image, NS, 3 * CLIENTS).await;
-    pull_via(&edges[1], image, "", 3 * CLIENTS).await;
+    pull_through(&edges[0], image, NS, 3 * CLIENTS).await;
+    pull_through(&edges[1], image, "", 3 * CLIENTS).await;
     let third = tier(&regional.url());
-    pull_via(&third, image, NS, CLIENTS).await;
+    pull_through(&third, image, NS, CLIENTS).await;
     settle(&[&regional], &plain, 3).await;
     assert_eq!(regional_gets(&regional, &plain), vec![3; plain.len()]);
     assert_eq!(
@@ -645,9 +580,9 @@ async fn tiers_when_things_go_down(
 
     regional.stop();
     for (edge, sent) in [(&edges[0], 4 * CLIENTS), (&third, 2 * CLIENTS)] {
-        pull_via(edge, image, NS, sent).await;
+        pull_through(edge, image, NS, sent).await;
     }
-    pull_via(&edges[1], image, "", 4 * CLIENTS).await;
+    pull_through(&edges[1], image, "", 4 * CLIENTS).await;
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }
 
@@ -659,8 +594,8 @@ async fn tiers_when_things_go_down(
 async fn an_edge_reaches_every_registry_of_its_regional_by_path_prefix() {
     let k8s = FakeUpstream::k8s_like();
     let ghcr = FakeUpstream::k8s_like_with_token();
-    let pause = crate::common::seed_image(&k8s, "pause", "3.9", 3000);
-    let tool = crate::common::seed_image(&ghcr, "org/tool", "v1", 5000);
+    let pause = crate::support::seed_image(&k8s, "pause", "3.9", 3000);
+    let tool = crate::support::seed_image(&ghcr, "org/tool", "v1", 5000);
     let upstreams = |k8s_url: &str, ghcr_url: &str| {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"./unused\"\n\
@@ -690,15 +625,18 @@ async fn an_edge_reaches_every_registry_of_its_regional_by_path_prefix() {
                 send(client().get(format!("{e}/v2/{path}/manifests/{}", image.tag))).await;
             assert_eq!(manifest.ok_body(), &image.manifest, "{path}");
             let layer =
-                send(client().get(format!("{e}/v2/{path}/blobs/{}", image.layer_digest))).await;
-            assert_eq!(layer.ok_body(), &image.layer, "{path}");
+                send(client().get(format!("{e}/v2/{path}/blobs/{}", image.layer().digest))).await;
+            assert_eq!(layer.ok_body(), &image.layer().bytes, "{path}");
         }
-        let tool_by_ns = format!("{e}/v2/org/tool/blobs/{}?ns=ghcr.io", tool.layer_digest);
-        assert_eq!(send(client().get(tool_by_ns)).await.ok_body(), &tool.layer);
+        let tool_by_ns = format!("{e}/v2/org/tool/blobs/{}?ns=ghcr.io", tool.layer().digest);
+        assert_eq!(
+            send(client().get(tool_by_ns)).await.ok_body(),
+            &tool.layer().bytes
+        );
     }
     for (fake, image) in [(&k8s, &pause), (&ghcr, &tool)] {
         assert_eq!(
-            fake.hits_on(Host::Front, Method::GET, &image.layer_digest),
+            fake.hits_on(Host::Front, Method::GET, &image.layer().digest),
             1
         );
         assert_eq!(
@@ -710,7 +648,7 @@ async fn an_edge_reaches_every_registry_of_its_regional_by_path_prefix() {
         fake.assert_no_violations();
     }
     assert_eq!(
-        k8s.hits(&tool.layer_digest) + ghcr.hits(&pause.layer_digest),
+        k8s.hits(&tool.layer().digest) + ghcr.hits(&pause.layer().digest),
         0
     );
     // The regional was asked by path prefix, once per blob (its access log is
@@ -719,8 +657,8 @@ async fn an_edge_reaches_every_registry_of_its_regional_by_path_prefix() {
         served(&regional).get(&format!("/v2/{prefix}/blobs/{digest}")) == Some(&1)
     };
     wait_for("the regional's log", || {
-        asked_once("ghcr.io/org/tool", &tool.layer_digest)
-            && asked_once("registry.k8s.io/pause", &pause.layer_digest)
+        asked_once("ghcr.io/org/tool", &tool.layer().digest)
+            && asked_once("registry.k8s.io/pause", &pause.layer().digest)
     })
     .await;
 }

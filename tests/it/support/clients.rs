@@ -243,7 +243,7 @@ pub fn skopeo_inspect_direct(mirror: &str, image: &Image) -> Result<String, Stri
     cmd.args(["inspect", "--raw", "--retry-times=0", "--tls-verify=false"])
         .arg(format!("docker://{mirror}/{}:{}", image.repo, image.tag));
     let raw = run(&mut cmd)?;
-    Ok(super::images::sha256(raw.as_bytes()))
+    Ok(super::sha256(raw.as_bytes()))
 }
 
 /// Reads a `dir:` layout, hashing every file against the digest its name says.

@@ -19,6 +19,8 @@ use rand::{RngCore, SeedableRng};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use super::sha256;
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -98,11 +100,6 @@ impl Image {
         set.extend(p.layers.iter().cloned());
         set
     }
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// A gzip'd tar layer: compressed bytes and the uncompressed tar's digest.

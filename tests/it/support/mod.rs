@@ -5,12 +5,29 @@
 
 /// skopeo, containerd (+ ctr) and podman pulling through a regcache mirror.
 pub mod clients;
+/// config.toml texts: one default upstream, or three.
+pub mod config;
+/// Where a digest's file is committed; what is left in tmp/.
+pub mod data_dir;
 /// Debian's docker-registry as a real upstream, seeded over its push API.
 pub mod docker_registry;
 /// The in-process registry.k8s.io-like upstream (front 307 → AR 302 → storage) with faults.
 pub mod fake;
-/// Test images as plain data: OCI 3 layers, Docker manifest list, 1 GiB layer.
+/// A client for regcache, responses read to their end, OCI error checks, raw requests.
+pub mod http;
+/// Real tar images for real clients: OCI 3 layers, Docker manifest list, 1 GiB layer.
 pub mod images;
 /// Debian's nginx in front of regcache replicas, on a generated nginx.conf.
 pub mod nginx;
+/// The real regcache binary on a loopback port.
 pub mod regcache;
+/// Images seeded into the fake as plain data, and the pull every test makes of them.
+pub mod seed;
+
+// The helpers most tests use, at `support::` directly.
+pub use config::{config_toml, config_toml_with, three_upstreams_toml};
+pub use data_dir::{blob_file, tmp_files};
+pub use http::{Got, WAIT, client, get, head, raw, send, wait_for};
+pub use seed::{
+    Image, OCI_MANIFEST, pull, pull_via, random_bytes, seed_image, seed_layers, sha256,
+};
