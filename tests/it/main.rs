@@ -30,4 +30,6 @@ mod routing;
 mod routing_interop;
 /// Scale-out shapes: replicas behind nginx's consistent hash, edge and regional tiers.
 mod scaleout;
+/// Every error answer against the distribution spec's error-code table (status, code, body; HEAD without a body).
+mod spec_errors;
 mod support;
