@@ -6,7 +6,9 @@
 mod api;
 /// Helpers for the fake-upstream tests (client, seeded image, data-dir checks).
 mod common;
-/// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary.
+/// Configuration layers through the binary: flags over a partial file, REGCACHE_* variables, `config show` and `config check`.
+mod config_cli;
+/// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
 mod deploy;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
 mod evict;
