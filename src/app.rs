@@ -33,7 +33,10 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
     let report = store::reconcile(&store, &index)
         .await
         .context("reconciling the index with the store")?;
-    tracing::info!(?report, "store reconciled");
+    tracing::info!("data directory: {}", data_dir.display());
+    for fact in report.facts() {
+        tracing::info!("{fact}");
+    }
     let registry = Registry::new(config, store, index).context("building upstream clients")?;
     registry
         .evictor()

@@ -40,6 +40,23 @@ enum Command {
     /// Re-hash every cached file; report and remove corrupt ones (exit status 1
     /// if any were found).
     Verify(DataArgs),
+    /// Show or check the configuration (embedded default, then the file, then
+    /// REGCACHE_* environment variables, then flags).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration as TOML, each value with where it came
+    /// from; secrets are never printed.
+    Show(ServeArgs),
+    /// Validate FILE (with the embedded defaults under it and the REGCACHE_*
+    /// environment over it) without starting anything; exit status 2 if invalid.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Where the operator commands find the data directory. They are safe to run
@@ -130,6 +147,8 @@ fn main() -> ExitCode {
         Command::Gc(args) => done(operate(&args.data, |rt, config, out| {
             rt.block_on(ops::gc::run(config, args.to, out)).map(drop)
         })),
+        Command::Config(ConfigCommand::Show(args)) => show_config(&args),
+        Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Verify(args) => match operate(&args, |rt, config, out| {
             rt.block_on(ops::verify::run(&config.data_dir, out))
         }) {
@@ -173,6 +192,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
+    load_layers(args).map(|loaded| loaded.config)
+}
+
+fn load_layers(args: &ServeArgs) -> Result<config::Loaded, String> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data.clone(),
@@ -180,6 +203,34 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         max_size: args.max_size,
     };
     load_with(args.config.as_deref(), &overrides)
+}
+
+/// `regcache config show`: the effective configuration on stdout.
+fn show_config(args: &ServeArgs) -> ExitCode {
+    match load_layers(args) {
+        Ok(loaded) => {
+            print!("{}", config::render(&loaded));
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("regcache: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `regcache config check FILE`: validates, starts nothing.
+fn check_config(file: &Path) -> ExitCode {
+    match load_with(Some(file), &Overrides::default()) {
+        Ok(_) => {
+            println!("{}: valid", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("regcache: {message}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Runs an operator command with a current-thread runtime and stdout as its
@@ -231,23 +282,24 @@ fn load_data_config(args: &DataArgs) -> Result<config::Config, String> {
         data_dir: args.data.clone(),
         ..Overrides::default()
     };
-    load_with(args.config.as_deref(), &overrides)
+    load_with(args.config.as_deref(), &overrides).map(|loaded| loaded.config)
 }
 
-/// Loads `--config FILE` (or the embedded default) with `overrides` applied.
-fn load_with(file: Option<&Path>, overrides: &Overrides) -> Result<config::Config, String> {
-    let (text, source) = match file {
+/// Loads the layers: the embedded default, `--config FILE` over it, the
+/// `REGCACHE_*` environment, then `overrides` (the flags).
+fn load_with(file: Option<&Path>, overrides: &Overrides) -> Result<config::Loaded, String> {
+    let file = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            (text, path.display().to_string())
+            Some((text, path.display().to_string()))
         }
-        None => (
-            config::DEFAULT_TOML.to_owned(),
-            "the embedded default configuration".to_owned(),
-        ),
+        None => None,
     };
-    config::load(&text, &source, overrides, &ProcessSecrets).map_err(|e| e.to_string())
+    let file = file
+        .as_ref()
+        .map(|(text, name)| (text.as_str(), name.as_str()));
+    config::load_layered(file, overrides, &ProcessSecrets).map_err(|e| e.to_string())
 }
 
 /// Logs go to stderr through a background writer thread; `RUST_LOG` filters

@@ -100,10 +100,15 @@ fn parse_digest(digest: &str) -> Result<Digest, ApiError> {
         .map_err(|e| ApiError::digest_invalid(format!("{e}")))
 }
 
+/// A malformed digest is 400 `DIGEST_INVALID` (the spec allows 400 or 404 and
+/// 400 tells the client why); anything else that is not a tag can name no
+/// manifest, so it is 404 `MANIFEST_UNKNOWN`, as for a tag that does not exist.
 fn parse_reference(reference: &str) -> Result<Reference, ApiError> {
     reference.parse().map_err(|e| match e {
         ReferenceError::Digest(e) => ApiError::digest_invalid(format!("{e}")),
-        ReferenceError::Tag(e) => ApiError::tag_invalid(format!("{e}")),
+        ReferenceError::Tag(e) => {
+            ApiError::manifest_reference_invalid(format!("manifest unknown: {e}"))
+        }
     })
 }
 
@@ -179,14 +184,14 @@ mod tests {
         );
         assert_eq!(
             code("a/manifests/.bad"),
-            (StatusCode::BAD_REQUEST, "TAG_INVALID")
+            (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
         );
-        assert_eq!(code("_catalog"), (StatusCode::NOT_FOUND, "NOT_FOUND"));
+        assert_eq!(code("_catalog"), (StatusCode::NOT_FOUND, "UNSUPPORTED"));
         assert_eq!(
             code("a/blobs/uploads/"),
             (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
         );
-        assert_eq!(code("a/unknown/x"), (StatusCode::NOT_FOUND, "NOT_FOUND"));
-        assert_eq!(code(""), (StatusCode::NOT_FOUND, "NOT_FOUND"));
+        assert_eq!(code("a/unknown/x"), (StatusCode::NOT_FOUND, "UNSUPPORTED"));
+        assert_eq!(code(""), (StatusCode::NOT_FOUND, "UNSUPPORTED"));
     }
 }

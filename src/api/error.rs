@@ -43,10 +43,12 @@ impl ApiError {
         self.code
     }
 
+    /// A path that names no pull endpoint (`/v2/_catalog`). `UNSUPPORTED`: the
+    /// spec's codes are a closed set and this is the one that says it.
     pub fn not_found() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            "UNSUPPORTED",
             "no such endpoint in this read-only registry",
         )
     }
@@ -67,8 +69,10 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", detail)
     }
 
-    pub fn tag_invalid(detail: String) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "TAG_INVALID", detail)
+    /// A manifest reference that is neither a tag nor a digest names nothing
+    /// that can exist: 404, as the spec's conformance tests expect.
+    pub fn manifest_reference_invalid(detail: String) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", detail)
     }
 
     pub fn pagination_invalid(detail: String) -> Self {

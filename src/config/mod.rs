@@ -1,7 +1,8 @@
 //! `config.toml` → a validated, typed [`Config`]. The repository's `config.toml` is
 //! embedded as the default. Parsing walks the whole document and reports every
-//! problem at once, each naming its key; unknown keys are errors. Command-line
-//! overrides are applied here too, so the rest of the program sees one `Config`.
+//! problem at once, each naming its key; unknown keys are errors. The layers
+//! (embedded defaults, file, `REGCACHE_*` variables, flags) are merged in
+//! `layers`, so the rest of the program sees one `Config`; `show` renders it.
 //!
 //! This module never prints and never exits: it returns errors to `main`.
 
@@ -174,6 +175,10 @@ impl fmt::Display for ConfigErrors {
 pub trait Secrets {
     fn env(&self, name: &str) -> Option<String>;
     fn file(&self, path: &str) -> std::io::Result<String>;
+    /// Every variable (to find misspelt `REGCACHE_*` settings); none by default.
+    fn env_vars(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// The real process environment and file system.
@@ -186,6 +191,11 @@ impl Secrets for ProcessSecrets {
     }
     fn file(&self, path: &str) -> std::io::Result<String> {
         std::fs::read_to_string(path)
+    }
+    fn env_vars(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
     }
 }
 
@@ -200,12 +210,7 @@ pub fn load(
         source_name: source_name.to_owned(),
         errors,
     };
-    let table: Table = text.parse().map_err(|e: toml::de::Error| {
-        fail(vec![ConfigError {
-            key: "(syntax)".into(),
-            message: e.to_string().trim().replace('\n', " "),
-        }])
-    })?;
+    let table = parse_table(text).map_err(|e| fail(vec![e]))?;
     let mut walker = Walker::default();
     let config = walker.config(table, overrides, secrets);
     match config {
@@ -214,8 +219,20 @@ pub fn load(
     }
 }
 
+/// `text` as a TOML table, or its syntax error.
+fn parse_table(text: &str) -> Result<Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| ConfigError {
+        key: "(syntax)".into(),
+        message: e.to_string().trim().replace('\n', " "),
+    })
+}
+
+mod layers;
+mod show;
 mod walker;
 
+pub use layers::{ENV_KEYS, Loaded, Source, UPSTREAM_URL_ENV, env_var, load_layered};
+pub use show::render;
 use walker::Walker;
 
 #[cfg(test)]

@@ -37,15 +37,18 @@ impl Walker {
         };
         self.reject_unknown(&root, "");
 
-        let listen = self.parsed::<SocketAddr>(
-            &mut server,
-            "server",
-            "listen",
-            "an address like 0.0.0.0:5000",
-        );
+        // Absent is reported below only if no flag gives them either.
+        let listen = server.contains_key("listen").then(|| {
+            self.parsed::<SocketAddr>(
+                &mut server,
+                "server",
+                "listen",
+                "an address like 0.0.0.0:5000",
+            )
+        });
         self.reject_unknown(&server, "server");
         let data_dir = self
-            .string(&mut storage, "storage", "data_dir")
+            .optional_string(&mut storage, "storage", "data_dir")
             .map(PathBuf::from);
         let (budget, raw_pins) = self.budget(&mut storage, overrides);
         self.reject_unknown(&storage, "storage");
@@ -66,7 +69,7 @@ impl Walker {
         let pins = self.pins(&raw_pins, &upstreams);
         let eviction = budget.map(|budget| EvictionConfig { pins, ..budget });
 
-        let listen = overrides.listen.or(listen);
+        let listen = overrides.listen.or(listen.flatten());
         let data_dir = overrides.data_dir.clone().or(data_dir);
         if listen.is_none() && overrides.listen.is_none() && !self.has_error("server.listen") {
             self.error("server.listen", "missing");

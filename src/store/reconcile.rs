@@ -51,6 +51,83 @@ pub struct ReconcileReport {
     pub ignored: Vec<PathBuf>,
 }
 
+impl ReconcileReport {
+    fn repairs(&self) -> usize {
+        self.missing_files.len()
+            + self.wrong_size.len()
+            + self.adopted.len()
+            + self.corrupt_orphans.len()
+    }
+
+    /// The report in words, one fact a line, for the start-up log (each
+    /// repaired digest was logged on its own line as it was repaired). The last
+    /// line starts with "store reconciled".
+    pub fn facts(&self) -> Vec<String> {
+        let mut facts = vec![
+            format!(
+                "index: {} checked against the files",
+                counted(self.rows_checked, ("content row", "content rows"))
+            ),
+            format!(
+                "store: {} under blobs/ checked",
+                counted(self.files_checked, ("file", "files"))
+            ),
+        ];
+        let repairs = [
+            (
+                &self.missing_files,
+                "dropped",
+                ("index row", "index rows"),
+                "file missing",
+            ),
+            (
+                &self.wrong_size,
+                "removed",
+                ("file and its index row", "files and their index rows"),
+                "size differed from the index",
+            ),
+            (
+                &self.adopted,
+                "adopted",
+                ("unindexed file", "unindexed files"),
+                "bytes match the digest in the name",
+            ),
+            (
+                &self.corrupt_orphans,
+                "deleted",
+                ("unindexed file", "unindexed files"),
+                "bytes do not match the digest in the name",
+            ),
+        ];
+        for (digests, verb, nouns, why) in repairs {
+            if !digests.is_empty() {
+                let what = counted(digests.len(), nouns);
+                facts.push(format!("repaired: {verb} {what} ({why})"));
+            }
+        }
+        if !self.ignored.is_empty() {
+            facts.push(format!(
+                "left alone {} under blobs/ that regcache does not write",
+                counted(self.ignored.len(), ("path", "paths"))
+            ));
+        }
+        facts.push(match self.repairs() {
+            0 => "store reconciled: nothing to repair".to_owned(),
+            n => format!("store reconciled: {}", counted(n, ("repair", "repairs"))),
+        });
+        facts
+    }
+}
+
+/// `1 file`, `2 files`: `n` with the noun that agrees with it.
+fn counted(n: usize, (one, many): (&str, &str)) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// What is wrong with an indexed row's file.
 enum Problem {
     Missing,
@@ -257,6 +334,16 @@ mod tests {
         };
         assert_eq!(report, want);
         assert_eq!(
+            report.facts(),
+            [
+                "index: 3 content rows checked against the files",
+                "store: 2 files under blobs/ checked",
+                "repaired: dropped 1 index row (file missing)",
+                "repaired: removed 1 file and its index row (size differed from the index)",
+                "store reconciled: 2 repairs",
+            ]
+        );
+        assert_eq!(
             index.all_digests().await.unwrap(),
             std::slice::from_ref(&kept)
         );
@@ -293,6 +380,17 @@ mod tests {
             ..ReconcileReport::default()
         };
         assert_eq!(report, want);
+        assert_eq!(
+            report.facts(),
+            [
+                "index: 1 content row checked against the files",
+                "store: 3 files under blobs/ checked",
+                "repaired: adopted 1 unindexed file (bytes match the digest in the name)",
+                "repaired: deleted 1 unindexed file (bytes do not match the digest in the name)",
+                "left alone 2 paths under blobs/ that regcache does not write",
+                "store reconciled: 2 repairs",
+            ]
+        );
         let row = index.content(&orphan).await.unwrap().unwrap();
         assert_eq!((row.size, row.media_type), (6, None));
         let mut want_digests = vec![indexed, orphan.clone()];
@@ -308,5 +406,9 @@ mod tests {
         let again = reconcile(&store, &index).await.unwrap();
         assert_eq!((again.adopted.len(), again.corrupt_orphans.len()), (0, 0));
         assert_eq!((again.rows_checked, again.files_checked), (2, 2));
+        assert_eq!(
+            again.facts().last().map(String::as_str),
+            Some("store reconciled: nothing to repair")
+        );
     }
 }

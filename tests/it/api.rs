@@ -1,5 +1,6 @@
-//! The API surface of the real binary in front of the fake upstream: bad names,
-//! digests and tags (400 with OCI JSON), path traversal attempts (never 200,
+//! The API surface of the real binary in front of the fake upstream: bad names
+//! and digests (400 with OCI JSON), references that are neither a tag nor a
+//! digest (404 `MANIFEST_UNKNOWN`), path traversal attempts (never 200,
 //! nothing touched outside the store, never sent upstream), read-only methods
 //! (405), `_catalog` (404), and tags/list with `n`, `last` and `Link`.
 //!
@@ -81,7 +82,7 @@ async fn bad_input_is_rejected_without_touching_disk_or_upstream() {
             400,
             "DIGEST_INVALID",
         ),
-        ("/v2/pause/manifests/.hidden", 400, "TAG_INVALID"),
+        ("/v2/pause/manifests/.hidden", 404, "MANIFEST_UNKNOWN"),
         ("/v2/pause/blobs/latest", 400, "DIGEST_INVALID"),
         (
             "/v2/pause/blobs/sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
@@ -103,13 +104,17 @@ async fn bad_input_is_rejected_without_touching_disk_or_upstream() {
             400,
             "DIGEST_INVALID",
         ),
-        ("/v2/pause/manifests/..%2F..%2Findex.db", 400, "TAG_INVALID"),
+        (
+            "/v2/pause/manifests/..%2F..%2Findex.db",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         (
             "/v2/%2e%2e/%2e%2e/etc/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             400,
             "NAME_INVALID",
         ),
-        ("/v2/pause/manifests/a%00b", 400, "TAG_INVALID"),
+        ("/v2/pause/manifests/a%00b", 404, "MANIFEST_UNKNOWN"),
     ];
     for (target, status, code) in cases {
         assert_raw_error(&raw(addr, "GET", target), *status, code, target);

@@ -624,3 +624,52 @@ fn the_binary_accepts_the_manifests_args() {
         assert_eq!(status, 200, "{}", w.id());
     }
 }
+
+/// `regcache config show` on each workload's ConfigMap: every value says where
+/// it came from, what the ConfigMap sets comes from the file, and the text
+/// loads back to the configuration the workload runs with.
+#[test]
+fn config_show_explains_each_configmap() {
+    let docs = documents();
+    for w in workloads(&docs) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &w.config_text).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(["config", "show", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            w.id(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("---- regcache config show ({}) ----\n{shown}", w.id());
+        let from_file = format!("# file {}", path.display());
+        let listen = format!("listen = \"{}\"", w.config.listen);
+        let data_dir = format!("data_dir = \"{}\"", w.config.data_dir.display());
+        for want in [&listen, &data_dir] {
+            let line = shown.lines().find(|l| l.starts_with(want.as_str()));
+            assert!(
+                line.is_some_and(|l| l.ends_with(&from_file)),
+                "{}: {want} from the file:\n{shown}",
+                w.id()
+            );
+        }
+        for line in shown.lines().filter(|l| l.contains(" = ")) {
+            assert!(line.contains("  # "), "{}: no source on {line:?}", w.id());
+        }
+        let again = config::load(&shown, "shown", &Overrides::default(), &ProcessSecrets)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{shown}", w.id()));
+        assert_eq!(
+            format!("{again:?}"),
+            format!("{:?}", w.config),
+            "{}",
+            w.id()
+        );
+    }
+}

@@ -4,7 +4,9 @@
 
 /// Bad input, read-only methods, _catalog, tags/list pagination.
 mod api;
-/// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary.
+/// Configuration layers through the binary: flags over a partial file, REGCACHE_* variables, `config show` and `config check`.
+mod config_cli;
+/// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
 mod deploy;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
 mod evict;
@@ -28,4 +30,6 @@ mod routing;
 mod routing_interop;
 /// Scale-out shapes: replicas behind nginx's consistent hash, edge and regional tiers.
 mod scaleout;
+/// Every error answer against the distribution spec's error-code table (status, code, body; HEAD without a body).
+mod spec_errors;
 mod support;

@@ -421,3 +421,48 @@ async fn kill_9_mid_fills_and_evictions_then_restart_is_consistent() {
     }
     assert!(ok(&data, &["verify"]).await.contains("all good"));
 }
+
+/// The start-up log says in words what reconciliation found and repaired, one
+/// fact a line (no Rust debug structs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_log_says_what_reconciliation_repaired() {
+    let fake = FakeUpstream::k8s_like();
+    let image = seed_image(&fake, "pause", "v1", 1000);
+    let mut regcache = start(&fake, &[]);
+    pull(&regcache.url(), &image).await;
+    let first = regcache.wait_for_log("store reconciled");
+    assert!(
+        first.contains("store reconciled: nothing to repair"),
+        "{first}"
+    );
+    assert!(
+        first.contains("index: 0 content rows checked against the files"),
+        "{first}"
+    );
+
+    let data = regcache.data_dir().to_path_buf();
+    regcache.stop();
+    std::fs::remove_file(blob_file(&data, &image.layer().digest)).unwrap();
+    regcache.restart();
+
+    // The restarted process's log: its start-up lines come before "listening".
+    let log = regcache.wait_for_log("store reconciled: 1 repair");
+    let start_up: Vec<&str> = log
+        .lines()
+        .take_while(|l| !l.contains("listening"))
+        .collect();
+    for fact in [
+        &format!("data directory: {}", data.display()),
+        "index: 3 content rows checked against the files",
+        "store: 2 files under blobs/ checked",
+        "repaired: dropped 1 index row (file missing)",
+        "store reconciled: 1 repair",
+    ] {
+        assert!(
+            start_up.iter().any(|line| line.ends_with(fact)),
+            "no line ending {fact:?} in:\n{}",
+            start_up.join("\n")
+        );
+    }
+    assert!(!log.contains("ReconcileReport"), "{log}");
+}
