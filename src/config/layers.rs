@@ -365,9 +365,9 @@ mod tests {
         assert_eq!(loaded.source("server.listen"), &Source::Default);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/regcache"));
         assert_eq!(loaded.source("storage.data_dir"), &file_source());
-        assert_eq!(c.eviction.max_size, 1 << 30);
+        assert_eq!(c.eviction.budget.max_size(), 1 << 30);
         // Not in the file: the default's watermark.
-        assert_eq!(c.eviction.high_watermark, 0.95);
+        assert_eq!(c.eviction.budget.high_watermark(), 0.95);
         assert_eq!(loaded.source("storage.high_watermark"), &Source::Default);
         // [[upstream]] is replaced whole: only the file's, which is the default.
         assert_eq!(c.upstreams.len(), 1);
@@ -386,8 +386,8 @@ mod tests {
             .with("REGCACHE_UPSTREAM_URL", "http://127.0.0.1:6000");
         let loaded = load_layered(file(), &Overrides::default(), &env).unwrap();
         let c = &loaded.config;
-        assert_eq!(c.eviction.max_size, 2 << 30);
-        assert_eq!(c.eviction.low_watermark, 0.5);
+        assert_eq!(c.eviction.budget.max_size(), 2 << 30);
+        assert_eq!(c.eviction.budget.low_watermark(), 0.5);
         assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(c.default_upstream().url.as_str(), "http://127.0.0.1:6000/");
         let env_source = |var: &str| Source::Env(var.into());
@@ -417,7 +417,7 @@ mod tests {
         let c = &loaded.config;
         assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
         assert_eq!(c.data_dir, PathBuf::from("/flag"));
-        assert_eq!(c.eviction.max_size, 3 << 30);
+        assert_eq!(c.eviction.budget.max_size(), 3 << 30);
         assert_eq!(c.default_upstream().url.as_str(), "http://127.0.0.1:6001/");
         for (key, flag) in [
             ("server.listen", "--listen"),

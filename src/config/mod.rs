@@ -31,26 +31,13 @@ pub struct Config {
 /// `[storage]`'s disk budget: how much committed content the cache keeps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvictionConfig {
-    /// Bytes of committed content (blobs and manifests) never exceeded.
-    pub max_size: u64,
-    /// Past this fraction of `max_size`, evict...
-    pub high_watermark: f64,
-    /// ...down to this fraction.
-    pub low_watermark: f64,
+    /// `max_size` (bytes of committed content, blobs and manifests, never
+    /// exceeded) and the watermarks.
+    pub budget: crate::evict::Budget,
     /// How often usage is re-read from the index and checked.
     pub interval: Duration,
     /// Content never evicted.
-    pub pins: Vec<crate::evict::Pin>,
-}
-
-impl EvictionConfig {
-    pub fn budget(&self) -> crate::evict::Budget {
-        crate::evict::Budget::new(self.max_size, self.high_watermark, self.low_watermark)
-    }
-
-    pub fn pins(&self) -> crate::evict::Pins {
-        crate::evict::Pins::new(self.pins.clone())
-    }
+    pub pins: crate::evict::Pins,
 }
 
 /// `storage.max_size` when absent (see config.toml).

@@ -32,22 +32,20 @@ fn server_and_storage(lines: &mut Lines, config: &Config, loaded: &Loaded) {
     let data_dir = config.data_dir.display().to_string();
     lines.value(loaded, "storage.data_dir", string(data_dir));
     let EvictionConfig {
-        max_size,
-        high_watermark,
-        low_watermark,
+        budget,
         interval,
         pins,
     } = &config.eviction;
-    lines.value(loaded, "storage.max_size", string(size(*max_size)));
+    lines.value(loaded, "storage.max_size", string(size(budget.max_size())));
     lines.value(
         loaded,
         "storage.high_watermark",
-        Value::Float(*high_watermark),
+        Value::Float(budget.high_watermark()),
     );
     lines.value(
         loaded,
         "storage.low_watermark",
-        Value::Float(*low_watermark),
+        Value::Float(budget.low_watermark()),
     );
     lines.value(loaded, "storage.evict_interval", duration(*interval));
     let pins = pins.iter().map(|p| string(p.to_string())).collect();

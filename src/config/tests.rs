@@ -96,15 +96,18 @@ fn overrides_win_and_replace_the_default_url() {
     assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
     assert_eq!(c.default_upstream().url.as_str(), "http://127.0.0.1:9/");
     assert_eq!(c.default_upstream().name, "registry.k8s.io");
-    assert_eq!(c.eviction.max_size, 1000);
+    assert_eq!(c.eviction.budget.max_size(), 1000);
 }
 
 #[test]
 fn the_budget_has_defaults_human_sizes_and_checked_watermarks() {
     let c = load_str(DEFAULT_TOML).unwrap();
-    assert_eq!(c.eviction.max_size, DEFAULT_MAX_SIZE);
+    assert_eq!(c.eviction.budget.max_size(), DEFAULT_MAX_SIZE);
     assert_eq!(
-        (c.eviction.high_watermark, c.eviction.low_watermark),
+        (
+            c.eviction.budget.high_watermark(),
+            c.eviction.budget.low_watermark()
+        ),
         (0.95, 0.85)
     );
     assert_eq!(c.eviction.interval, Duration::from_secs(30));
@@ -114,9 +117,9 @@ fn the_budget_has_defaults_human_sizes_and_checked_watermarks() {
         "{base}[storage]\ndata_dir='d'\nmax_size='1.5 GiB'\nhigh_watermark=0.9\nlow_watermark=0.5\nevict_interval='1m'\npins=['k8s.gcr.io/pause:*','registry.k8s.io/coredns/*']\n"
     );
     let c = load_str(&good).unwrap();
-    assert_eq!(c.eviction.max_size, 1536 * 1024 * 1024);
-    let budget = c.eviction.budget();
-    assert_eq!(budget.low, budget.max_size / 2);
+    assert_eq!(c.eviction.budget.max_size(), 1536 * 1024 * 1024);
+    let budget = c.eviction.budget;
+    assert_eq!(budget.low(), budget.max_size() / 2);
     let pins: Vec<String> = c.eviction.pins.iter().map(|p| p.to_string()).collect();
     assert_eq!(
         pins,

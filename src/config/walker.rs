@@ -67,6 +67,7 @@ impl Walker {
         }
         self.check_upstreams(&mut upstreams, overrides);
         let pins = self.pins(&raw_pins, &upstreams);
+        let pins = crate::evict::Pins::new(pins);
         let eviction = budget.map(|budget| EvictionConfig { pins, ..budget });
 
         let listen = overrides.listen.or(listen.flatten());
@@ -119,11 +120,9 @@ impl Walker {
         }
         let budget = (|| {
             Some(EvictionConfig {
-                max_size: max_size?,
-                high_watermark: high?,
-                low_watermark: low?,
+                budget: crate::evict::Budget::new(max_size?, high?, low?),
                 interval: interval?,
-                pins: Vec::new(),
+                pins: crate::evict::Pins::default(),
             })
         })();
         (budget, pins)

@@ -111,13 +111,13 @@ impl Evictor {
     /// Reserves `bytes` for a fill about to write them, evicting first if they
     /// would not fit under `max_size`.
     pub async fn reserve(self: &Arc<Self>, bytes: u64) -> Admission {
-        if bytes > self.budget.max_size {
+        if bytes > self.budget.max_size() {
             return Admission::TooLarge;
         }
         if let Some(r) = self.try_reserve(bytes) {
             return Admission::Reserved(r);
         }
-        if let Err(e) = self.pass(self.budget.max_size, bytes).await {
+        if let Err(e) = self.pass(self.budget.max_size(), bytes).await {
             tracing::warn!(error = %e, "eviction failed");
         }
         match self.try_reserve(bytes) {
@@ -128,7 +128,7 @@ impl Evictor {
 
     fn try_reserve(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
         let mut usage = lock(&self.usage);
-        if usage.committed + usage.reserved + bytes > self.budget.max_size {
+        if usage.committed + usage.reserved + bytes > self.budget.max_size() {
             return None;
         }
         usage.reserved += bytes;
@@ -198,13 +198,13 @@ impl Reservation {
     pub async fn grow(&mut self, more: u64) -> bool {
         let evictor = Arc::clone(&self.evictor);
         let total = self.bytes + more;
-        if total > evictor.budget.max_size {
+        if total > evictor.budget.max_size() {
             return false;
         }
         for attempt in 0..2 {
             {
                 let mut usage = lock(&evictor.usage);
-                if usage.committed + usage.reserved + more <= evictor.budget.max_size {
+                if usage.committed + usage.reserved + more <= evictor.budget.max_size() {
                     usage.reserved += more;
                     usage.generation += 1;
                     self.bytes = total;
@@ -212,7 +212,7 @@ impl Reservation {
                 }
             }
             if attempt == 0 {
-                if let Err(e) = evictor.pass(evictor.budget.max_size, more).await {
+                if let Err(e) = evictor.pass(evictor.budget.max_size(), more).await {
                     tracing::warn!(error = %e, "eviction failed");
                 }
             }
@@ -231,7 +231,7 @@ impl Reservation {
                 usage.committed += size;
             }
             usage.generation += 1;
-            usage.committed + usage.reserved > self.evictor.budget.high
+            usage.committed + usage.reserved > self.evictor.budget.high()
         };
         self.bytes = 0;
         if over {

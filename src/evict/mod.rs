@@ -128,15 +128,15 @@ impl Evictor {
         lock(&self.usage).set_committed(committed);
         let pinned = pinned_bytes(&self.index, &self.store, &self.pins).await?;
         tracing::info!(
-            max_size = self.budget.max_size,
-            high = self.budget.high,
-            low = self.budget.low,
+            max_size = self.budget.max_size(),
+            high = self.budget.high(),
+            low = self.budget.low(),
             committed,
             pinned,
             "cache budget"
         );
-        if committed > self.budget.high {
-            self.pass(self.budget.high, 0).await?;
+        if committed > self.budget.high() {
+            self.pass(self.budget.high(), 0).await?;
         }
         Ok(())
     }

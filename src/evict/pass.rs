@@ -100,7 +100,7 @@ impl Evictor {
         }
         // LRU order must see the latest hits.
         self.flush_access().await;
-        let target = self.budget.low.saturating_sub(reserved + extra);
+        let target = self.budget.low().saturating_sub(reserved + extra);
         let pinned = self.pins.pinned_digests(&self.index, &self.store).await?;
         let rows = self.index.content_by_last_access().await?;
         let pinned_bytes = sum_pinned(&rows, &pinned);
@@ -129,10 +129,10 @@ impl Evictor {
             pinned_bytes,
             "evicted least recently used content"
         );
-        if usage_after + reserved + extra > self.budget.low && pinned_bytes > 0 {
+        if usage_after + reserved + extra > self.budget.low() && pinned_bytes > 0 {
             tracing::warn!(
                 pinned_bytes,
-                low = self.budget.low,
+                low = self.budget.low(),
                 "pinned content keeps the cache above its low watermark"
             );
         }
@@ -148,7 +148,7 @@ impl Evictor {
 
     /// Evicts down to the low watermark if usage is past the high one.
     pub(super) async fn evict_if_over(&self) {
-        if let Err(e) = self.pass(self.budget.high, 0).await {
+        if let Err(e) = self.pass(self.budget.high(), 0).await {
             tracing::warn!(error = %e, "eviction failed");
         }
     }

@@ -98,6 +98,10 @@ impl Pins {
         self.0.is_empty()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Pin> {
+        self.0.iter()
+    }
+
     /// Every digest the pins cover, as the index and store know them now.
     pub async fn pinned_digests(
         &self,

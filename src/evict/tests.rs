@@ -221,9 +221,9 @@ async fn collect_frees_down_to_the_target_from_the_oldest() {
 #[test]
 fn budget_watermarks_are_fractions_of_the_maximum() {
     let b = Budget::new(1000, 0.95, 0.85);
-    assert_eq!((b.max_size, b.high, b.low), (1000, 950, 850));
+    assert_eq!((b.max_size(), b.high(), b.low()), (1000, 950, 850));
     let full = Budget::new(u64::MAX, 1.0, 1.0);
-    assert_eq!(full.high, u64::MAX);
+    assert_eq!(full.high(), u64::MAX);
 }
 
 #[tokio::test]

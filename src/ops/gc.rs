@@ -20,9 +20,9 @@ pub async fn run(
     let data_dir = &config.data_dir;
     let index = super::open_index(data_dir, Access::ReadWrite)?;
     let store = super::attach_store(data_dir)?;
-    let target = to.unwrap_or_else(|| config.eviction.budget().low);
-    let pins = config.eviction.pins();
-    let report = crate::evict::collect(&index, &store, &pins, target).await?;
+    let target = to.unwrap_or_else(|| config.eviction.budget.low());
+    let pins = &config.eviction.pins;
+    let report = crate::evict::collect(&index, &store, pins, target).await?;
     write_report(&report, out)?;
     out.flush()?;
     Ok(report)

@@ -46,15 +46,15 @@ pub struct ServerInfo {
 
 /// The configured size budget (`storage.max_size`).
 pub fn budget(config: &Config) -> Option<u64> {
-    Some(config.eviction.max_size)
+    Some(config.eviction.budget.max_size())
 }
 
 /// Bytes of committed content the configured pins cover.
 pub async fn pinned_bytes(config: &Config, index: &Index) -> anyhow::Result<Option<u64>> {
     let store = super::attach_store(&config.data_dir)?;
-    let pins = config.eviction.pins();
+    let pins = &config.eviction.pins;
     Ok(Some(
-        crate::evict::pinned_bytes(index, &store, &pins).await?,
+        crate::evict::pinned_bytes(index, &store, pins).await?,
     ))
 }
 

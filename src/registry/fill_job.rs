@@ -67,7 +67,7 @@ impl FillJob {
         let mut reservation = match admission {
             Admission::Reserved(reservation) => reservation,
             Admission::TooLarge | Admission::NoRoom => {
-                let max_size = self.local.budget().max_size;
+                let max_size = self.local.budget().max_size();
                 if matches!(admission, Admission::TooLarge) {
                     tracing::info!(digest = %self.digest, repo = %self.repo, size, max_size, "blob larger than the cache budget; streaming without caching");
                 } else {

@@ -57,8 +57,8 @@ impl Registry {
         let local = Local::new(
             store,
             index,
-            config.eviction.budget(),
-            config.eviction.pins(),
+            config.eviction.budget,
+            config.eviction.pins.clone(),
         );
         Ok(Self {
             routes,

@@ -447,7 +447,7 @@ fn assert_budget_fits(w: &Workload<'_>, docs: &[Doc], claim: &str) {
         .as_str()
         .map(quantity_bytes)
         .expect("spec.resources.requests.storage");
-    let max_size = w.config.eviction.max_size;
+    let max_size = w.config.eviction.budget.max_size();
     assert!(
         max_size <= storage / 10 * 9,
         "{}: max_size {max_size} leaves under 10 % of the claim's {storage} bytes",

@@ -9,9 +9,9 @@
 
 use reqwest::StatusCode;
 
-use crate::support::{OCI_MANIFEST, client, seed_image, send};
 use crate::support::fake::FakeUpstream;
 use crate::support::regcache::Regcache;
+use crate::support::{OCI_MANIFEST, client, seed_image, send};
 
 /// The spec's error codes (distribution-spec `spec.md`, "Error Codes", code-1 to
 /// code-14, a closed set: "The `code` field MUST be one of the following"), each
