@@ -53,9 +53,7 @@ pub fn budget(config: &Config) -> Option<u64> {
 pub async fn pinned_bytes(config: &Config, index: &Index) -> anyhow::Result<Option<u64>> {
     let store = super::attach_store(&config.data_dir)?;
     let pins = &config.eviction.pins;
-    Ok(Some(
-        crate::evict::pinned_bytes(index, &store, pins).await?,
-    ))
+    Ok(Some(crate::evict::pinned_bytes(index, &store, pins).await?))
 }
 
 /// Gathers the statistics of `config.data_dir`.

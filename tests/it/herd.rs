@@ -750,3 +750,50 @@ async fn a_head_during_a_fill_is_answered_by_the_fill() {
     assert_eq!(rest, blob);
     assert_eq!(fake.hits_on(Host::Front, Method::GET, &digest), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_one_upstream_fetch() {
+    let fake = FakeUpstream::k8s_like();
+    let size = 4 * 1024 * 1024;
+    let blob = random_bytes(size);
+    let digest = fake.put_blob("big", blob.clone());
+    fake.pause_after(&digest, 1024 * 1024);
+    let regcache = Regcache::with_upstream(fake.url());
+    let url = format!("{}/v2/big/blobs/{digest}", regcache.url());
+    // Four clients get their response headers while the upstream is paused.
+    let responses = futures_util::future::join_all((0..4).map(|_| client().get(&url).send())).await;
+    fake.resume(&digest);
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.bytes().await.unwrap(), blob);
+    }
+    assert_eq!(fake.hits_on(Host::Storage, Method::GET, &digest), 1);
+    assert_eq!(fake.hits_on(Host::Front, Method::GET, &digest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_manifest_misses_share_one_upstream_fetch() {
+    let fake = FakeUpstream::k8s_like();
+    let image = seed_image(&fake, "pause", "3.9", 100);
+    let regcache = Regcache::with_upstream(fake.url());
+    let url = format!("{}/v2/pause/manifests/3.9", regcache.url());
+    fake.hold_manifests(true);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    wait_for("the manifest request to reach the upstream", || {
+        fake.hits_on(Host::Registry, Method::GET, "/manifests/3.9") >= 1
+    })
+    .await;
+    // Let the other three requests reach regcache while the first is held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.hold_manifests(false);
+    for task in tasks {
+        assert_eq!(task.await.unwrap().ok_body(), &image.manifest);
+    }
+    assert_eq!(fake.hits_on(Host::Front, Method::GET, "/manifests/3.9"), 1);
+}

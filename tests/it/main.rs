@@ -33,3 +33,5 @@ mod scaleout;
 /// Every error answer against the distribution spec's error-code table (status, code, body; HEAD without a body).
 mod spec_errors;
 mod support;
+/// Tag TTL: fresh mappings stay local, stale ones are revalidated with a HEAD (same, moved, deleted).
+mod tags;

@@ -2,7 +2,8 @@
 //! relative 302 → storage, with and without a token): exact bytes, digests and
 //! headers, zero upstream hits for cached content, ranges, cross-repository
 //! confirmation, streaming while the upstream is still sending, client hang-ups,
-//! and `ns` routing. Every test counts upstream requests per host and path.
+//! negotiation and credentials. Every test counts upstream requests per host and
+//! path.
 //!
 //! Talks only to 127.0.0.1; every server a test starts is dropped by the test.
 
@@ -479,42 +480,6 @@ async fn a_client_hanging_up_does_not_cancel_the_fill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ns_routes_to_configured_upstreams_only() {
-    let fake = FakeUpstream::k8s_like();
-    let image = seed_image(&fake, "pause", "3.9", 100);
-    let regcache = Regcache::with_upstream(fake.url());
-    let base = regcache.url();
-    for ns in ["registry.k8s.io", "k8s.gcr.io"] {
-        let got = get(&format!("{base}/v2/pause/manifests/3.9?ns={ns}")).await;
-        assert_eq!(got.status, StatusCode::OK);
-        assert_eq!(got.ok_body(), &image.manifest);
-        assert_eq!(got.header("oci-namespace"), Some(ns));
-        let got = get(&format!(
-            "{base}/v2/pause/blobs/{}?ns={ns}",
-            image.layer().digest
-        ))
-        .await;
-        assert_eq!(got.ok_body(), &image.layer().bytes);
-        assert_eq!(got.header("oci-namespace"), Some(ns));
-    }
-    let before = fake.total_hits();
-    for path in [
-        "/v2/pause/manifests/3.9",
-        &format!("/v2/pause/blobs/{}", image.layer().digest),
-        "/v2/pause/tags/list",
-        "/v2/fresh/manifests/latest",
-    ] {
-        get(&format!("{base}{path}?ns=evil.example%3A5000"))
-            .await
-            .assert_oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
-    }
-    assert_eq!(fake.total_hits(), before, "an unknown ns was dialled");
-    // ns is ours: it is never passed upstream.
-    assert_eq!(fake.count(|s| s.query.contains("ns=")), 0);
-    assert_eq!(fake.hits("evil"), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_are_negotiated_and_answer_if_none_match() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 100);
@@ -572,27 +537,6 @@ async fn manifests_are_negotiated_and_answer_if_none_match() {
     assert_eq!(got.status, StatusCode::OK);
     // One upstream GET for all of it.
     assert_eq!(fake.hits_on(Host::Front, Method::GET, "/manifests/3.9"), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_misses_share_one_upstream_fetch() {
-    let fake = FakeUpstream::k8s_like();
-    let size = 4 * 1024 * 1024;
-    let blob = random_bytes(size);
-    let digest = fake.put_blob("big", blob.clone());
-    fake.pause_after(&digest, 1024 * 1024);
-    let regcache = Regcache::with_upstream(fake.url());
-    let url = format!("{}/v2/big/blobs/{digest}", regcache.url());
-    // Four clients get their response headers while the upstream is paused.
-    let responses = futures_util::future::join_all((0..4).map(|_| client().get(&url).send())).await;
-    fake.resume(&digest);
-    for response in responses {
-        let response = response.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.bytes().await.unwrap(), blob);
-    }
-    assert_eq!(fake.hits_on(Host::Storage, Method::GET, &digest), 1);
-    assert_eq!(fake.hits_on(Host::Front, Method::GET, &digest), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -726,32 +670,6 @@ async fn a_committed_file_that_vanished_is_fetched_again() {
         2
     );
     assert!(file.exists());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_manifest_misses_share_one_upstream_fetch() {
-    let fake = FakeUpstream::k8s_like();
-    let image = seed_image(&fake, "pause", "3.9", 100);
-    let regcache = Regcache::with_upstream(fake.url());
-    let url = format!("{}/v2/pause/manifests/3.9", regcache.url());
-    fake.hold_manifests(true);
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&url).await })
-        })
-        .collect();
-    wait_for("the manifest request to reach the upstream", || {
-        fake.hits_on(Host::Registry, Method::GET, "/manifests/3.9") >= 1
-    })
-    .await;
-    // Let the other three requests reach regcache while the first is held.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    fake.hold_manifests(false);
-    for task in tasks {
-        assert_eq!(task.await.unwrap().ok_body(), &image.manifest);
-    }
-    assert_eq!(fake.hits_on(Host::Front, Method::GET, "/manifests/3.9"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,3 +178,39 @@ async fn health_probes_answer_without_asking_any_upstream() {
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(get(&format!("{base}/healthz")).await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ns_routes_to_configured_upstreams_only() {
+    let fake = FakeUpstream::k8s_like();
+    let image = seed_image(&fake, "pause", "3.9", 100);
+    let regcache = Regcache::with_upstream(fake.url());
+    let base = regcache.url();
+    for ns in ["registry.k8s.io", "k8s.gcr.io"] {
+        let got = get(&format!("{base}/v2/pause/manifests/3.9?ns={ns}")).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.ok_body(), &image.manifest);
+        assert_eq!(got.header("oci-namespace"), Some(ns));
+        let got = get(&format!(
+            "{base}/v2/pause/blobs/{}?ns={ns}",
+            image.layer().digest
+        ))
+        .await;
+        assert_eq!(got.ok_body(), &image.layer().bytes);
+        assert_eq!(got.header("oci-namespace"), Some(ns));
+    }
+    let before = fake.total_hits();
+    for path in [
+        "/v2/pause/manifests/3.9",
+        &format!("/v2/pause/blobs/{}", image.layer().digest),
+        "/v2/pause/tags/list",
+        "/v2/fresh/manifests/latest",
+    ] {
+        get(&format!("{base}{path}?ns=evil.example%3A5000"))
+            .await
+            .assert_oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
+    }
+    assert_eq!(fake.total_hits(), before, "an unknown ns was dialled");
+    // ns is ours: it is never passed upstream.
+    assert_eq!(fake.count(|s| s.query.contains("ns=")), 0);
+    assert_eq!(fake.hits("evil"), 0);
+}
