@@ -84,8 +84,8 @@ impl ApiError {
         )
     }
 
-    fn unavailable(message: String) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
+    fn upstream_unavailable(message: String) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
     }
 
     fn bad_gateway(message: String) -> Self {
@@ -110,11 +110,17 @@ impl From<registry::Error> for ApiError {
             E::NameUnknown => Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message),
             E::ManifestUnknown => Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
             E::BlobUnknown => Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message),
+            // 503 is kept for regcache itself not being ready (/readyz): an
+            // upstream that cannot answer is a gateway failure, 504 if it
+            // timed out, 502 otherwise.
             E::Unavailable { source, .. } => match source {
                 upstream::Error::TooManyRequests { .. } => {
                     Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message)
                 }
-                _ => Self::unavailable(message),
+                upstream::Error::Unreachable(t) if t.is_timeout() => {
+                    Self::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", message)
+                }
+                _ => Self::upstream_unavailable(message),
             },
             E::Upstream { source, .. } => match source {
                 upstream::Error::Denied { .. } => {
@@ -124,7 +130,7 @@ impl From<registry::Error> for ApiError {
             },
             E::FillFailed {
                 unavailable: true, ..
-            } => Self::unavailable(message),
+            } => Self::upstream_unavailable(message),
             E::DigestMismatch { .. } | E::BadContent(_) | E::FillFailed { .. } => {
                 Self::bad_gateway(message)
             }
@@ -215,10 +221,7 @@ mod tests {
             unavailable: true,
             message: "x".into(),
         };
-        assert_eq!(
-            mapped(failed),
-            (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
-        );
+        assert_eq!(mapped(failed), (StatusCode::BAD_GATEWAY, "UNAVAILABLE"));
         let local = E::Local(std::io::Error::other("disk on fire"));
         let api = ApiError::from(local);
         assert_eq!(api.status(), StatusCode::INTERNAL_SERVER_ERROR);

@@ -31,3 +31,5 @@ mod routing_interop;
 /// Scale-out shapes: replicas behind nginx's consistent hash, edge and regional tiers.
 mod scaleout;
 mod support;
+/// Upstream TLS (HTTP/2 and HTTP/1.1, untrusted/wrong-name/expired certificates, mTLS) and a real forward proxy (tinyproxy).
+mod tls;

@@ -14,3 +14,7 @@ pub mod images;
 /// Debian's nginx in front of regcache replicas, on a generated nginx.conf.
 pub mod nginx;
 pub mod regcache;
+/// Debian's tinyproxy as a forward proxy with a default-deny CONNECT filter.
+pub mod tinyproxy;
+/// Test-time certificates (rcgen): a CA per test, 127.0.0.x leaves, rustls server configs.
+pub mod tls;
