@@ -192,6 +192,10 @@ mod tests {
             map(429, &h),
             Error::TooManyRequests { retry_after: Some(d) } if d == Duration::from_secs(7)
         ));
+        assert_eq!(
+            map(429, &h).to_string(),
+            "upstream rate limit reached (HTTP 429, retry after 7s)"
+        );
         h.insert(
             RETRY_AFTER,
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
