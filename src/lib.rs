@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod evict;
 pub mod index;
+pub mod listener;
 pub mod oci;
 pub mod ops;
 pub mod registry;

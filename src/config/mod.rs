@@ -20,11 +20,21 @@ pub const DEFAULT_TOML: &str = include_str!("../../config.toml");
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `[server.tls]`: serve HTTPS with this certificate; plain HTTP if None.
+    pub tls: Option<ServerTls>,
     pub data_dir: PathBuf,
     /// At least one; exactly one has `default == true`.
     pub upstreams: Vec<UpstreamConfig>,
     /// The disk budget (`storage.max_size`, watermarks, pins).
     pub eviction: EvictionConfig,
+}
+
+/// `[server.tls]`: regcache's own certificate (PEM chain, leaf first) and key,
+/// re-read on SIGHUP and when either file changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// `[storage]`'s disk budget: how much committed content the cache keeps.

@@ -48,6 +48,7 @@ impl Walker {
             "listen",
             "an address like 0.0.0.0:5000",
         );
+        let tls = self.server_tls(&mut server);
         self.reject_unknown(&server, "server");
         let data_dir = self
             .string(&mut storage, "storage", "data_dir")
@@ -83,9 +84,25 @@ impl Walker {
         }
         Some(Config {
             listen: listen?,
+            tls,
             data_dir: data_dir?,
             upstreams,
             eviction: eviction?,
+        })
+    }
+
+    /// `[server.tls]`: both files, or no table at all.
+    fn server_tls(&mut self, server: &mut Table) -> Option<ServerTls> {
+        if !server.contains_key("tls") {
+            return None;
+        }
+        let mut t = self.table(server, "server", "tls");
+        let cert_file = self.string(&mut t, "server.tls", "cert_file");
+        let key_file = self.string(&mut t, "server.tls", "key_file");
+        self.reject_unknown(&t, "server.tls");
+        Some(ServerTls {
+            cert_file: cert_file?.into(),
+            key_file: key_file?.into(),
         })
     }
 
