@@ -1,5 +1,6 @@
 //! Wiring: opens the data directory (store, index, start-up sweep), builds the
-//! `Registry` and the router, and serves until a shutdown signal. It holds no
+//! `Registry` and the router, and serves (plain HTTP, or HTTPS through
+//! `listener` when `[server.tls]` is set) until a shutdown signal. It holds no
 //! business logic and no global state; `main` calls [`run`].
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::index::{self, Index};
+use crate::listener::{Certificate, TlsListener};
 use crate::ops::server_stats::StatsWriter;
 use crate::registry::Registry;
 use crate::store::{self, Store};
@@ -48,6 +50,9 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
 
 /// Serves the registry on `config.listen` until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // First: a certificate that cannot be served stops regcache before it
+    // touches the data directory.
+    let certificate = config.tls.as_ref().map(Certificate::load).transpose()?;
     let registry = Arc::new(open_registry(&config).await?);
     let eviction = registry.evictor().spawn(config.eviction.interval);
     let listener = TcpListener::bind(config.listen)
@@ -63,24 +68,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("writing the server statistics file")?;
     let stats_task = tokio::spawn(stats.clone().run(STATS_INTERVAL));
-    tracing::info!(%addr, upstream = %default.name, url = %default.url, data = %config.data_dir.display(), "listening");
+    let scheme = if certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, scheme, upstream = %default.name, url = %default.url, data = %config.data_dir.display(), "listening");
     let app = crate::api::router(registry, counters);
-    // TCP_NODELAY: a streamed body's first chunk comes from a blocking read, so
-    // hyper writes the headers alone first; with Nagle on, the body then waits
-    // for the client's delayed ACK (~40 ms per small blob: 424 requests/s
-    // instead of 36 000 on loopback, measured with wrk).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+    match certificate {
+        None => {
+            // TCP_NODELAY: a streamed body's first chunk comes from a blocking read, so
+            // hyper writes the headers alone first; with Nagle on, the body then waits
+            // for the client's delayed ACK (~40 ms per small blob: 424 requests/s
+            // instead of 36 000 on loopback, measured with wrk).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            serve(listener, app).await?;
         }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-    // Graceful shutdown waits for open responses; a stalled 1 GiB download must
-    // not keep the process alive forever.
-    tokio::select! {
-        result = server => result.context("serving")?,
-        () = async { shutdown_signal().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::warn!("connections still open after the grace period; exiting");
+        Some(certificate) => {
+            let watcher = tokio::spawn(Arc::clone(&certificate).watch());
+            let listener = TlsListener::new(listener, certificate.server_config())?;
+            let served = serve(listener, app).await;
+            watcher.abort();
+            served?;
         }
     }
     stats_task.abort();
@@ -90,6 +103,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Access times recorded since the last flush survive the restart.
     eviction.stop().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `app` on `listener` until SIGINT or SIGTERM, then lets open
+/// responses finish for up to [`SHUTDOWN_GRACE`].
+async fn serve<L>(listener: L, app: axum::Router) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    // Graceful shutdown waits for open responses; a stalled 1 GiB download must
+    // not keep the process alive forever.
+    tokio::select! {
+        result = server => result.context("serving")?,
+        () = async { shutdown_signal().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("connections still open after the grace period; exiting");
+        }
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod evict;
 pub mod index;
+pub mod listener;
 pub mod oci;
 pub mod ops;
 pub mod registry;

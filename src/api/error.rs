@@ -87,8 +87,8 @@ impl ApiError {
         )
     }
 
-    fn unavailable(message: String) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
+    fn upstream_unavailable(message: String) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
     }
 
     fn bad_gateway(message: String) -> Self {
@@ -123,7 +123,13 @@ impl ApiError {
             }
             E::ManifestUnknown => Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message),
             E::BlobUnknown => Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message),
-            E::Unavailable { .. } => Self::unavailable(message),
+            // 503 is kept for regcache itself not being ready (/readyz): an
+            // upstream that cannot answer is a gateway failure, 504 if it
+            // timed out, 502 otherwise.
+            E::Unavailable { source, .. } if source.timed_out() => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", message)
+            }
+            E::Unavailable { .. } => Self::upstream_unavailable(message),
             E::RateLimited { retry_after, .. } => {
                 let mut api = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
                 api.retry_after = Some(retry_after.map_or(1, |d| d.as_secs().max(1)));
@@ -213,10 +219,7 @@ mod tests {
             source: crate::upstream::Error::ServerError { status: 500 },
         };
         let failed = E::Fill(std::sync::Arc::new(unavailable));
-        assert_eq!(
-            mapped(failed),
-            (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
-        );
+        assert_eq!(mapped(failed), (StatusCode::BAD_GATEWAY, "UNAVAILABLE"));
         let limited = ApiError::from(E::Fill(std::sync::Arc::new(E::RateLimited {
             upstream: "docker.io".into(),
             retry_after: Some(std::time::Duration::from_secs(30)),

@@ -21,11 +21,21 @@ pub const DEFAULT_TOML: &str = include_str!("../../config.toml");
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `[server.tls]`: serve HTTPS with this certificate; plain HTTP if None.
+    pub tls: Option<ServerTls>,
     pub data_dir: PathBuf,
     /// At least one; exactly one has `default == true`.
     pub upstreams: Vec<UpstreamConfig>,
     /// The disk budget (`storage.max_size`, watermarks, pins).
     pub eviction: EvictionConfig,
+}
+
+/// `[server.tls]`: regcache's own certificate (PEM chain, leaf first) and key,
+/// re-read on SIGHUP and when either file changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// `[storage]`'s disk budget: how much committed content the cache keeps.
@@ -64,6 +74,70 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub credentials: Option<Credentials>,
+    /// How this upstream is reached: trusted CAs, client certificate, proxy
+    /// (`[upstream_defaults]` merged with the upstream's own keys).
+    pub egress: Egress,
+}
+
+/// How regcache reaches an upstream and every host its redirects lead to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Egress {
+    /// A PEM bundle of CAs trusted in addition to the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate for upstreams that require mutual TLS.
+    pub client_identity: Option<ClientIdentity>,
+    pub proxy: ProxySettings,
+}
+
+/// `client_cert_file` (PEM chain, leaf first) and `client_key_file` (PEM key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientIdentity {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The forward proxies in use, by the scheme of the URL being fetched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxySettings {
+    /// For `https://` URLs (a CONNECT tunnel).
+    pub https: Option<Proxy>,
+    /// For `http://` URLs (absolute-form requests).
+    pub http: Option<Proxy>,
+    /// Hosts reached directly, in `NO_PROXY` syntax (`.corp.example`, `10.0.0.0/8`).
+    pub no_proxy: Vec<String>,
+    /// Where the settings came from, for the log and `doctor`.
+    pub source: ProxySource,
+}
+
+impl ProxySettings {
+    /// The proxy a request to a URL with `scheme` goes through, unless
+    /// `no_proxy` exempts its host.
+    pub fn for_scheme(&self, scheme: &str) -> Option<&Proxy> {
+        match scheme {
+            "https" => self.https.as_ref(),
+            "http" => self.http.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxySource {
+    /// The `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` variables (or none set).
+    #[default]
+    Environment,
+    /// `proxy` in the configuration file.
+    Config,
+    /// `proxy = "none"`: direct, whatever the environment says.
+    Disabled,
+}
+
+/// One forward proxy: its URL without credentials, and the credentials apart
+/// (so the URL can be logged).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proxy {
+    pub url: Url,
+    pub credentials: Option<Credentials>,
 }
 
 /// The hosts Docker Hub answers to. An upstream named by any of them answers
@@ -87,8 +161,8 @@ impl UpstreamConfig {
     }
 }
 
-/// Credentials for an upstream's token service.
-#[derive(Debug, Clone)]
+/// Credentials for an upstream's token service or a proxy.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Credentials {
     pub username: String,
     pub password: Secret,

@@ -5,6 +5,8 @@
 
 use super::*;
 
+mod egress;
+
 /// Walks the TOML tree, collecting every error instead of stopping at the first.
 #[derive(Default)]
 pub(super) struct Walker {
@@ -27,6 +29,9 @@ impl Walker {
     ) -> Option<Config> {
         let mut server = self.table(&mut root, "", "server");
         let mut storage = self.table(&mut root, "", "storage");
+        let mut defaults_table = self.table(&mut root, "", "upstream_defaults");
+        let egress_defaults = self.egress_keys(&mut defaults_table, "upstream_defaults", secrets);
+        self.reject_unknown(&defaults_table, "upstream_defaults");
         let upstream_values = match root.remove("upstream") {
             Some(Value::Array(items)) => items,
             Some(_) => {
@@ -46,6 +51,7 @@ impl Walker {
                 "an address like 0.0.0.0:5000",
             )
         });
+        let tls = self.server_tls(&mut server);
         self.reject_unknown(&server, "server");
         let data_dir = self
             .optional_string(&mut storage, "storage", "data_dir")
@@ -58,7 +64,9 @@ impl Walker {
         for (i, value) in upstream_values.into_iter().enumerate() {
             let path = format!("upstream[{i}]");
             match value {
-                Value::Table(t) => upstreams.extend(self.upstream(t, &path, secrets)),
+                Value::Table(t) => {
+                    upstreams.extend(self.upstream(t, &path, secrets, &egress_defaults))
+                }
                 _ => self.error(&path, "must be a table"),
             }
         }
@@ -80,9 +88,25 @@ impl Walker {
         }
         Some(Config {
             listen: listen?,
+            tls,
             data_dir: data_dir?,
             upstreams,
             eviction: eviction?,
+        })
+    }
+
+    /// `[server.tls]`: both files, or no table at all.
+    fn server_tls(&mut self, server: &mut Table) -> Option<ServerTls> {
+        if !server.contains_key("tls") {
+            return None;
+        }
+        let mut t = self.table(server, "server", "tls");
+        let cert_file = self.string(&mut t, "server.tls", "cert_file");
+        let key_file = self.string(&mut t, "server.tls", "key_file");
+        self.reject_unknown(&t, "server.tls");
+        Some(ServerTls {
+            cert_file: cert_file?.into(),
+            key_file: key_file?.into(),
         })
     }
 
@@ -152,6 +176,7 @@ impl Walker {
         mut t: Table,
         path: &str,
         secrets: &dyn Secrets,
+        egress_defaults: &egress::EgressKeys,
     ) -> Option<UpstreamConfig> {
         let name = self.string(&mut t, path, "name");
         let url = self.parsed::<Url>(&mut t, path, "url", "an absolute http:// or https:// URL");
@@ -162,6 +187,8 @@ impl Walker {
             self.duration(&mut t, path, "connect_timeout", Duration::from_secs(10));
         let idle_timeout = self.duration(&mut t, path, "idle_timeout", Duration::from_secs(60));
         let credentials = self.credentials(&mut t, path, secrets);
+        let own_egress = self.egress_keys(&mut t, path, secrets);
+        let egress = self.egress(own_egress, egress_defaults, path, secrets);
         self.reject_unknown(&t, path);
         if let Some(url) = &url {
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -180,6 +207,7 @@ impl Walker {
             connect_timeout: connect_timeout?,
             idle_timeout: idle_timeout?,
             credentials: credentials.ok()?,
+            egress,
         })
     }
 
@@ -190,14 +218,27 @@ impl Walker {
         path: &str,
         secrets: &dyn Secrets,
     ) -> Result<Option<Credentials>, ()> {
-        let username = self.optional_string(t, path, "username");
-        let env = self.optional_string(t, path, "password_env");
-        let file = self.optional_string(t, path, "password_file");
+        self.credentials_with(t, path, secrets, "")
+    }
+
+    /// The credential keys behind `prefix` (`proxy_username`, ...).
+    fn credentials_with(
+        &mut self,
+        t: &mut Table,
+        path: &str,
+        secrets: &dyn Secrets,
+        prefix: &str,
+    ) -> Result<Option<Credentials>, ()> {
+        let [user_key, env_key, file_key] =
+            ["username", "password_env", "password_file"].map(|k| format!("{prefix}{k}"));
+        let username = self.optional_string(t, path, &user_key);
+        let env = self.optional_string(t, path, &env_key);
+        let file = self.optional_string(t, path, &file_key);
         let password = match (&env, &file) {
             (Some(_), Some(_)) => {
                 self.error(
-                    &format!("{path}.password_file"),
-                    "give password_env or password_file, not both",
+                    &Self::key(path, &file_key),
+                    format!("give {env_key} or {file_key}, not both"),
                 );
                 return Err(());
             }
@@ -205,7 +246,7 @@ impl Walker {
                 Some(v) => Some(Secret::new(v)),
                 None => {
                     self.error(
-                        &format!("{path}.password_env"),
+                        &Self::key(path, &env_key),
                         format!("environment variable {var} is not set"),
                     );
                     return Err(());
@@ -214,10 +255,7 @@ impl Walker {
             (None, Some(p)) => match secrets.file(p) {
                 Ok(v) => Some(Secret::new(v.lines().next().unwrap_or_default())),
                 Err(e) => {
-                    self.error(
-                        &format!("{path}.password_file"),
-                        format!("cannot read {p}: {e}"),
-                    );
+                    self.error(&Self::key(path, &file_key), format!("cannot read {p}: {e}"));
                     return Err(());
                 }
             },
@@ -228,14 +266,14 @@ impl Walker {
             (None, None) => Ok(None),
             (Some(_), None) => {
                 self.error(
-                    &format!("{path}.username"),
-                    "needs password_env or password_file",
+                    &Self::key(path, &user_key),
+                    format!("needs {env_key} or {file_key}"),
                 );
                 Err(())
             }
             (None, Some(_)) => {
                 self.error(
-                    &format!("{path}.username"),
+                    &Self::key(path, &user_key),
                     "missing (a password was given)",
                 );
                 Err(())

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+
+use super::cause;
+pub use super::cause::Cause;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use url::Url;
 
@@ -30,7 +33,10 @@ pub enum Error {
     #[error("upstream server error (HTTP {status})")]
     ServerError { status: u16 },
     /// The upstream answered 429; `retry_after` is its `Retry-After` in seconds.
-    #[error("upstream rate limit reached (HTTP 429)")]
+    #[error(
+        "upstream rate limit reached (HTTP 429{})",
+        .retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default()
+    )]
     TooManyRequests { retry_after: Option<Duration> },
     /// 401 or 403 after the token flow was tried (or when it could not be).
     #[error("upstream denied access (HTTP {status})")]
@@ -38,6 +44,10 @@ pub enum Error {
     /// A body was larger than the caller's limit.
     #[error("upstream response larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// The upstream client could not be built from its configuration (a CA,
+    /// certificate or key file that cannot be read or does not match).
+    #[error("upstream TLS setup: {0}")]
+    Setup(String),
     /// The upstream broke the protocol: redirect loop, too many hops, a bad
     /// `Location`, a bad token response, an unexpected status.
     #[error("upstream protocol error: {0}")]
@@ -52,6 +62,11 @@ impl Error {
             self,
             Self::Unreachable(_) | Self::ServerError { .. } | Self::TooManyRequests { .. }
         )
+    }
+
+    /// True when the upstream did not answer in time (connect or idle read).
+    pub fn timed_out(&self) -> bool {
+        matches!(self, Self::Unreachable(t) if t.is_timeout())
     }
 
     /// A transport failure while talking to `url`.
@@ -87,11 +102,11 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     value.trim().parse().ok().map(Duration::from_secs)
 }
 
-/// A transport failure: what went wrong, where, and the underlying error.
+/// A transport failure: its cause, where, and the underlying error.
 #[derive(Clone, thiserror::Error)]
-#[error("upstream unreachable: {what} ({url})")]
+#[error("upstream unreachable: {cause} ({url})")]
 pub struct Transport {
-    what: &'static str,
+    cause: Cause,
     /// `scheme://host[:port]/path`, never the query.
     url: String,
     /// The reqwest error with its URL removed (it would include the query).
@@ -100,18 +115,9 @@ pub struct Transport {
 }
 
 impl Transport {
-    fn new(source: reqwest::Error, url: &Url) -> Self {
-        let what = if source.is_timeout() {
-            "timed out"
-        } else if source.is_connect() {
-            "connection failed"
-        } else if source.is_body() || source.is_decode() {
-            "response body failed"
-        } else {
-            "request failed"
-        };
+    pub(crate) fn new(source: reqwest::Error, url: &Url) -> Self {
         Self {
-            what,
+            cause: cause::classify(&source, url),
             url: without_query(url),
             source: Arc::new(source.without_url()),
         }
@@ -119,14 +125,27 @@ impl Transport {
 
     /// True when the failure was a timeout (connect or idle read).
     pub fn is_timeout(&self) -> bool {
-        self.source.is_timeout()
+        matches!(self.cause, Cause::ConnectTimeout { .. } | Cause::TimedOut)
+    }
+
+    /// What went wrong, for an operator.
+    pub fn cause(&self) -> &Cause {
+        &self.cause
+    }
+
+    /// Adds what the proxy answered when it refused a tunnel.
+    pub(crate) fn with_proxy_answer(mut self, answer: Option<String>) -> Self {
+        if let Cause::ProxyRefused { status, .. } = &mut self.cause {
+            *status = answer;
+        }
+        self
     }
 }
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport")
-            .field("what", &self.what)
+            .field("cause", &self.cause)
             .field("url", &self.url)
             .field("source", &self.source)
             .finish()
@@ -178,6 +197,10 @@ mod tests {
             map(429, &h),
             Error::TooManyRequests { retry_after: Some(d) } if d == Duration::from_secs(7)
         ));
+        assert_eq!(
+            map(429, &h).to_string(),
+            "upstream rate limit reached (HTTP 429, retry after 7s)"
+        );
         h.insert(
             RETRY_AFTER,
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),

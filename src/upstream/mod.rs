@@ -9,12 +9,15 @@
 //! them. It knows nothing of the cache; callers decide what to store.
 
 mod auth;
+mod cause;
 mod challenge;
 mod error;
+mod proxy;
 mod redirect;
 mod response;
 mod resume;
 mod tags;
+mod tls;
 
 #[cfg(test)]
 mod testing;
@@ -30,11 +33,12 @@ use reqwest::header::{ACCEPT, ACCEPT_ENCODING, HeaderMap, HeaderValue, RANGE, WW
 use reqwest::{Method, StatusCode};
 use url::{Origin, Url};
 
-pub use error::{Error, Transport};
+pub use error::{Cause, Error, Transport};
 pub use response::{ContentRange, Response};
 pub use resume::Continuation;
+pub use tls::CertificateRejected;
 
-use crate::config::UpstreamConfig;
+use crate::config::{ProxySettings, UpstreamConfig};
 use crate::oci::{Digest, Reference, RepoName, media_type};
 use auth::{Authorization, Authorizer};
 use error::without_query;
@@ -65,6 +69,9 @@ struct Inner {
     /// path-prefix route, e.g. `http://regional:5000/v2/docker.io`).
     repo_prefix: Option<String>,
     client: reqwest::Client,
+    /// The proxies `client` uses, to name one that refuses a tunnel.
+    proxies: ProxySettings,
+    connect_timeout: Duration,
     auth: Authorizer,
     manifest_accept: HeaderValue,
 }
@@ -114,12 +121,15 @@ impl Upstream {
                 )));
             }
         }
+        log_egress(config);
         let inner = Inner {
             name: config.name.clone(),
             base: config.url.clone(),
             api_root,
             repo_prefix,
             client: build_client(config)?,
+            proxies: config.egress.proxy.clone(),
+            connect_timeout: config.connect_timeout,
             auth: Authorizer::new(config),
             manifest_accept: HeaderValue::from_str(&media_type::ALL_MANIFESTS.join(", "))
                 .map_err(|_| Error::Protocol("manifest media types are not a header".into()))?,
@@ -309,7 +319,22 @@ impl Upstream {
         if let Some(authorization) = authorization {
             request = self.inner.auth.apply(request, authorization);
         }
-        request.send().await.map_err(|e| Error::transport(e, url))
+        match request.send().await {
+            Ok(response) => Ok(response),
+            Err(e) => Err(self.transport_error(e, url).await),
+        }
+    }
+
+    /// A failed hop's error; when a proxy refused the tunnel, with its answer.
+    async fn transport_error(&self, e: reqwest::Error, url: &Url) -> Error {
+        let transport = Transport::new(e, url);
+        let proxy = self.inner.proxies.for_scheme(url.scheme());
+        let (Cause::ProxyRefused { .. }, Some(proxy)) = (transport.cause(), proxy) else {
+            return Error::Unreachable(transport);
+        };
+        let answer =
+            proxy::refusal(&self.inner.client, proxy, url, self.inner.connect_timeout).await;
+        Error::Unreachable(transport.with_proxy_answer(answer))
     }
 
     /// Answers a 401: one challenge per origin per request, two if the
@@ -363,15 +388,38 @@ fn build_client(config: &UpstreamConfig) -> Result<reqwest::Client, Error> {
     let mut headers = HeaderMap::new();
     // Bytes must reach the hasher exactly as the upstream digested them.
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    reqwest::Client::builder()
+    let tls = tls::client_config(&config.egress)?;
+    let builder = reqwest::Client::builder()
+        // The same TLS and proxies for every hop of a redirect chain and for
+        // token requests: all go through this one client.
+        .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.idle_timeout)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .user_agent(USER_AGENT)
-        .default_headers(headers)
+        .default_headers(headers);
+    proxy::install(builder, &config.egress.proxy)?
         .build()
         .map_err(|e| Error::Protocol(format!("cannot build the HTTP client: {e}")))
+}
+
+/// One line per upstream at start: how it is reached (never a credential:
+/// proxy URLs carry none, see `config::Proxy`).
+fn log_egress(config: &UpstreamConfig) {
+    let egress = &config.egress;
+    let show =
+        |p: Option<&crate::config::Proxy>| p.map(|p| p.url.to_string()).unwrap_or("direct".into());
+    tracing::info!(
+        upstream = %config.name,
+        https_proxy = %show(egress.proxy.https.as_ref()),
+        http_proxy = %show(egress.proxy.http.as_ref()),
+        proxy_from = ?egress.proxy.source,
+        no_proxy = %egress.proxy.no_proxy.join(","),
+        ca_file = ?egress.ca_file,
+        client_certificate = egress.client_identity.is_some(),
+        "upstream egress"
+    );
 }
 
 /// reqwest is built with `rustls-no-provider`, so a process-wide crypto

@@ -197,6 +197,7 @@ pub(crate) fn config(url: &str) -> UpstreamConfig {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         credentials: None,
+        egress: Default::default(),
     }
 }
 

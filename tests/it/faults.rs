@@ -45,22 +45,22 @@ async fn cached_content_survives(base: &str, image: &Image) {
         assert_eq!(get(&url).await.ok_body(), bytes);
         assert_eq!(head(&url).await.status, StatusCode::OK);
     }
-    // Nothing cached to answer with: 503 UNAVAILABLE, never a hang or a 200.
+    // Nothing cached to answer with: 502 UNAVAILABLE, never a hang or a 200.
     let uncached = sha256(b"never pulled");
     get(&format!("{base}/v2/pause/manifests/other-tag"))
         .await
-        .assert_oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+        .assert_oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE");
     get(&format!("{base}/v2/pause/manifests/{uncached}"))
         .await
-        .assert_oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+        .assert_oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE");
     get(&format!("{base}/v2/pause/blobs/{uncached}"))
         .await
-        .assert_oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+        .assert_oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE");
     assert_eq!(
         head(&format!("{base}/v2/pause/blobs/{uncached}"))
             .await
             .status,
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::BAD_GATEWAY
     );
 }
 
@@ -330,7 +330,7 @@ async fn tags_list_falls_back_to_known_tags_when_upstream_is_down() {
     assert_eq!(tags(&stale), serde_json::json!(["3.9"]));
     get(&format!("{base}/v2/never-pulled/tags/list"))
         .await
-        .assert_oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+        .assert_oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +438,7 @@ async fn an_upstream_denial_is_passed_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_upstream_port_is_503_for_uncached_content() {
+async fn a_closed_upstream_port_is_502_for_uncached_content() {
     // A port that was just free: connections to it are refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -450,11 +450,11 @@ async fn a_closed_upstream_port_is_503_for_uncached_content() {
     assert_eq!(get(&format!("{base}/v2/")).await.status, StatusCode::OK);
     get(&format!("{base}/v2/pause/manifests/3.9"))
         .await
-        .assert_oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+        .assert_oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE");
     get(&format!("{base}/v2/pause/blobs/{}", sha256(b"x")))
         .await
-        .assert_oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+        .assert_oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE");
     get(&format!("{base}/v2/pause/tags/list"))
         .await
-        .assert_oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+        .assert_oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE");
 }

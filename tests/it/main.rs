@@ -30,8 +30,12 @@ mod routing;
 mod routing_interop;
 /// Scale-out shapes: replicas behind nginx's consistent hash, edge and regional tiers.
 mod scaleout;
+/// TLS on regcache's listener: h2/h1.1, a mismatched key refused, reloads without dropping connections, skopeo/podman/containerd over TLS.
+mod serving_tls;
 /// Every error answer against the distribution spec's error-code table (status, code, body; HEAD without a body).
 mod spec_errors;
 mod support;
 /// Tag TTL: fresh mappings stay local, stale ones are revalidated with a HEAD (same, moved, deleted).
 mod tags;
+/// Upstream TLS (HTTP/2 and HTTP/1.1, untrusted/wrong-name/expired certificates, mTLS) and a real forward proxy (tinyproxy).
+mod tls;

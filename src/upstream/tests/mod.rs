@@ -296,6 +296,16 @@ async fn closed_port_is_unreachable_without_leaking_the_query() {
         matches!(err, Error::Unreachable(_)) && err.is_unavailable(),
         "{err:?}"
     );
+    let host = closed.trim_start_matches("http://").to_owned();
+    assert!(
+        matches!(&err, Error::Unreachable(t) if *t.cause() == super::Cause::Refused { host: host.clone() }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("connection to {host} refused")),
+        "{err}"
+    );
 
     let target = format!("{closed}/bytes?X-Amz-Signature={PRESIGNED_SECRET}");
     let fake = Fake::start(move |_| redirect(307, &target)).await;

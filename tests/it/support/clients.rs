@@ -154,12 +154,94 @@ pub fn hosts_toml(mirror: &str) -> String {
     )
 }
 
+// ---------------------------------------------------------------------------
+// over TLS
+
+/// Trust in a mirror's private CA, laid out as each client reads it: a
+/// certificate directory with `ca.crt` (skopeo `--src-cert-dir`, podman
+/// `--cert-dir`) and the PEM file containerd's `hosts.toml` names in `ca`.
+#[derive(Debug)]
+pub struct TlsTrust {
+    dir: tempfile::TempDir,
+}
+
+impl TlsTrust {
+    pub fn new(ca_pem: &str) -> TlsTrust {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(&dir.path().join("certs").join("ca.crt"), ca_pem);
+        TlsTrust { dir }
+    }
+
+    pub fn cert_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.cert_dir().join("ca.crt")
+    }
+}
+
+/// registries.conf with regcache as an HTTPS mirror (verified, not insecure).
+pub fn registries_conf_tls(mirror: &str) -> String {
+    registries_conf(mirror).replacen(
+        &format!("location = \"{mirror}\"\ninsecure = true"),
+        &format!("location = \"{mirror}\""),
+        1,
+    )
+}
+
+/// hosts.toml with regcache as an HTTPS mirror trusted through `ca`.
+pub fn hosts_toml_tls(mirror: &str, ca: &Path) -> String {
+    format!(
+        r#"server = "http://{CLOSED_UPSTREAM}"
+
+[host."https://{mirror}"]
+  capabilities = ["pull", "resolve"]
+  ca = "{}"
+"#,
+        ca.display()
+    )
+}
+
+/// Pulls `reference` through the regcache at `mirror` over HTTPS, `client`
+/// trusting it only through `trust`.
+pub fn pull_over_tls(
+    client: Client,
+    mirror: &str,
+    trust: &TlsTrust,
+    image: &Image,
+    reference: &str,
+    platforms: Platforms,
+) -> Result<Stored, String> {
+    let mut conf = ContainersConfig::with_registries_conf(&registries_conf_tls(mirror));
+    let cert_dir = trust.cert_dir().display().to_string();
+    match client {
+        Client::Skopeo => {
+            conf.pull_args = vec!["--src-cert-dir".into(), cert_dir];
+            skopeo_copy_in(&conf, reference, platforms)
+        }
+        Client::Podman => {
+            conf.pull_args = vec!["--cert-dir".into(), cert_dir];
+            podman_pull_in(&conf, image, reference, platforms)
+        }
+        Client::Containerd => {
+            let hosts = [(
+                REGISTRY.to_string(),
+                hosts_toml_tls(mirror, &trust.ca_file()),
+            )];
+            containerd_pull_with_hosts(&hosts, reference, platforms)
+        }
+    }
+}
+
 const POLICY_JSON: &str = r#"{"default":[{"type":"insecureAcceptAnything"}]}"#;
 
 /// Files the containers/image based clients need, in a temporary directory.
 #[derive(Debug)]
 struct ContainersConfig {
     dir: tempfile::TempDir,
+    /// Given to `skopeo copy` and `podman pull` (e.g. a certificate directory).
+    pull_args: Vec<String>,
 }
 
 impl ContainersConfig {
@@ -173,7 +255,10 @@ impl ContainersConfig {
         write(&dir.path().join("registries.conf"), text);
         write(&dir.path().join("policy.json"), POLICY_JSON);
         std::fs::create_dir(dir.path().join("tmp")).expect("mkdir tmp");
-        ContainersConfig { dir }
+        ContainersConfig {
+            dir,
+            pull_args: Vec::new(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -223,7 +308,7 @@ fn skopeo_copy_in(
     if let Platforms::One(arch) = platforms {
         cmd.args(["--override-os", "linux", "--override-arch", arch]);
     }
-    cmd.arg("copy").arg("--retry-times=0");
+    cmd.arg("copy").arg("--retry-times=0").args(&conf.pull_args);
     if platforms == Platforms::All {
         cmd.arg("--all");
     }
@@ -522,7 +607,7 @@ fn podman_pull_in(
         Platforms::All => return Err("podman stores one platform per pull".into()),
     };
     let signature_policy = conf.path("policy.json").display().to_string();
-    let id = run(&mut podman(&[
+    let mut pull = vec![
         "pull",
         "--signature-policy",
         &signature_policy,
@@ -530,10 +615,10 @@ fn podman_pull_in(
         arch,
         "--os",
         "linux",
-        reference,
-    ]))?
-    .trim()
-    .to_string();
+    ];
+    pull.extend(conf.pull_args.iter().map(String::as_str));
+    pull.push(reference);
+    let id = run(&mut podman(&pull))?.trim().to_string();
     let top = run(&mut podman(&[
         "image",
         "inspect",

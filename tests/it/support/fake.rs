@@ -20,7 +20,12 @@
 //! a status for everything, wrong bytes, a cut body (every time, or once), a
 //! paused or throttled body, a blob answer held back before its headers.
 //!
-//! It never talks to anything but 127.0.0.1 and never outlives its handle; it
+//! [`FakeUpstream::k8s_like_tls`] serves the same chain over TLS, the three
+//! hosts on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (so a proxy ACL, which matches
+//! hosts and not ports, can tell them apart), with the caller's rustls server
+//! configuration (its certificate and its ALPN offer, so HTTP/2 or HTTP/1.1).
+//!
+//! It never talks to anything but loopback and never outlives its handle; it
 //! panics on drop (outside an existing panic) if a violation was recorded.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -40,7 +45,6 @@ use axum::response::Response;
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// The path the front host prepends on its 307 (archeio's `UPSTREAM_REGISTRY_PATH`).
 pub const AR_PREFIX: &str = "k8s-artifacts-prod/images";
@@ -64,6 +68,8 @@ pub struct Seen {
     pub query: String,
     pub authorization: Option<String>,
     pub range: Option<String>,
+    /// HTTP/1.1 or HTTP/2.
+    pub version: axum::http::Version,
 }
 
 /// What a blob's bytes are: stored bytes, or one block repeated (a 1 GiB blob
@@ -161,6 +167,8 @@ struct Shared {
     wake: tokio::sync::watch::Sender<u64>,
     counter: AtomicU64,
     auth: bool,
+    /// `http` or `https`, in every URL the hosts hand out.
+    scheme: &'static str,
     front: SocketAddr,
     registry: SocketAddr,
     storage: SocketAddr,
@@ -187,30 +195,40 @@ impl FakeUpstream {
     /// Anonymous registry.k8s.io-like chain: front 307 → registry 302 (relative)
     /// → registry 302 → storage.
     pub fn k8s_like() -> Self {
-        Self::start(false)
+        Self::start(false, None)
+    }
+
+    /// The same chain over TLS with `tls` on each host (127.0.0.1, .2 and .3).
+    pub fn k8s_like_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start(false, Some(tls))
     }
 
     /// Same, but the registry host demands a Bearer token from its `/v2/token`.
     pub fn k8s_like_with_token() -> Self {
-        Self::start(true)
+        Self::start(true, None)
     }
 
-    fn start(auth: bool) -> Self {
-        let bind = || {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake upstream");
+    fn start(auth: bool, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let bind = |ip: &str| {
+            let listener = std::net::TcpListener::bind((ip, 0)).expect("bind fake upstream");
             listener.set_nonblocking(true).expect("nonblocking");
             let addr = listener.local_addr().expect("local addr");
             (listener, addr)
         };
-        let (front_l, front) = bind();
-        let (registry_l, registry) = bind();
-        let (storage_l, storage) = bind();
+        let ips = match tls {
+            Some(_) => ["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+            None => ["127.0.0.1"; 3],
+        };
+        let (front_l, front) = bind(ips[0]);
+        let (registry_l, registry) = bind(ips[1]);
+        let (storage_l, storage) = bind(ips[2]);
         let shared = Arc::new(Shared {
             state: Mutex::new(FakeState::default()),
             down: AtomicBool::new(false),
             wake: tokio::sync::watch::Sender::new(0),
             counter: AtomicU64::new(0),
             auth,
+            scheme: if tls.is_some() { "https" } else { "http" },
             front,
             registry,
             storage,
@@ -227,11 +245,10 @@ impl FakeUpstream {
             (storage_l, Host::Storage),
         ] {
             let shared = Arc::clone(&shared);
+            let tls = tls.clone();
             runtime.spawn(async move {
-                let listener = FakeListener {
-                    inner: tokio::net::TcpListener::from_std(listener).expect("tokio listener"),
-                    shared: Arc::clone(&shared),
-                };
+                let tcp = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let listener = FakeListener::new(tcp, tls, Arc::clone(&shared));
                 let app = Router::new()
                     .fallback(handle)
                     .with_state(HostState { shared, host });
@@ -246,10 +263,10 @@ impl FakeUpstream {
 
     /// The front URL, to pass as `--upstream`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.shared.front)
+        format!("{}://{}", self.shared.scheme, self.shared.front)
     }
 
-    /// `http://<addr>` of one of the hosts.
+    /// `http(s)://<addr>` of one of the hosts.
     #[allow(dead_code)] // for tests that talk to a host directly
     pub fn host_url(&self, host: Host) -> String {
         let addr = match host {
@@ -257,7 +274,7 @@ impl FakeUpstream {
             Host::Registry => self.shared.registry,
             Host::Storage => self.shared.storage,
         };
-        format!("http://{addr}")
+        format!("{}://{addr}", self.shared.scheme)
     }
 
     /// Stores a blob for `repo` (the client-visible name, e.g. `pause`); returns
@@ -497,10 +514,71 @@ impl Drop for FakeUpstream {
     }
 }
 
-/// Accepts connections, dropping them at once while the fake is down.
+/// Accepts connections (over TLS when configured), dropping them at once
+/// while the fake is down.
 struct FakeListener {
-    inner: tokio::net::TcpListener,
+    local: SocketAddr,
     shared: Arc<Shared>,
+    accepted: Accepted,
+}
+
+enum Accepted {
+    Plain(tokio::net::TcpListener),
+    /// Connections whose TLS handshake succeeded, from a task that accepts
+    /// and handshakes each connection on its own (a stalled or failed
+    /// handshake holds up nobody else).
+    Tls(tokio::sync::mpsc::Receiver<(FakeStream, SocketAddr)>),
+}
+
+/// What a connection is read from: plain TCP or TLS over it.
+trait FakeStreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> FakeStreamIo for T {}
+type FakeStream = Box<dyn FakeStreamIo>;
+
+impl FakeListener {
+    fn new(
+        tcp: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let local = tcp.local_addr().expect("local addr");
+        let accepted = match tls {
+            None => Accepted::Plain(tcp),
+            Some(config) => Accepted::Tls(spawn_tls_acceptor(tcp, config)),
+        };
+        Self {
+            local,
+            shared,
+            accepted,
+        }
+    }
+}
+
+fn spawn_tls_acceptor(
+    tcp: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio::sync::mpsc::Receiver<(FakeStream, SocketAddr)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, addr)) = tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let handshake = acceptor.accept(stream);
+                // A client that rejects our certificate ends the handshake;
+                // that is the test's business, not an error here.
+                if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), handshake).await
+                {
+                    let _ = tx.send((Box::new(tls) as FakeStream, addr)).await;
+                }
+            });
+        }
+    });
+    rx
 }
 
 impl axum::serve::Listener for FakeListener {
@@ -509,31 +587,39 @@ impl axum::serve::Listener for FakeListener {
 
     async fn accept(&mut self) -> (FakeIo, SocketAddr) {
         loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    if self.shared.down.load(Ordering::SeqCst) {
-                        drop(stream);
+            let (stream, addr) = match &mut self.accepted {
+                Accepted::Plain(tcp) => match tokio::net::TcpListener::accept(tcp).await {
+                    Ok((stream, addr)) => (Box::new(stream) as FakeStream, addr),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
-                    let io = FakeIo {
-                        stream,
-                        shared: Arc::clone(&self.shared),
-                    };
-                    return (io, addr);
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+                Accepted::Tls(rx) => match rx.recv().await {
+                    Some(accepted) => accepted,
+                    None => std::future::pending().await,
+                },
+            };
+            if self.shared.down.load(Ordering::SeqCst) {
+                drop(stream);
+                continue;
             }
+            let io = FakeIo {
+                stream,
+                shared: Arc::clone(&self.shared),
+            };
+            return (io, addr);
         }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        Ok(self.local)
     }
 }
 
 /// A connection that fails every read and write while the fake is down.
 struct FakeIo {
-    stream: TcpStream,
+    stream: FakeStream,
     shared: Arc<Shared>,
 }
 
@@ -608,6 +694,7 @@ async fn handle(State(hs): State<HostState>, request: Request) -> Response {
         query: query.clone(),
         authorization: header_str(header::AUTHORIZATION),
         range: header_str(header::RANGE),
+        version: request.version(),
     };
     let fail_status = {
         let mut state = hs.shared.state();
@@ -684,7 +771,10 @@ fn front(shared: &Shared, path: &str) -> Response {
     match path.strip_prefix("/v2/") {
         Some(rest) => redirect(
             StatusCode::TEMPORARY_REDIRECT,
-            &format!("http://{}/v2/{AR_PREFIX}/{rest}", shared.registry),
+            &format!(
+                "{}://{}/v2/{AR_PREFIX}/{rest}",
+                shared.scheme, shared.registry
+            ),
         ),
         None => plain(StatusCode::NOT_FOUND, "not found"),
     }
@@ -701,7 +791,10 @@ fn registry(shared: &Shared, path: &str, query: &str, headers: &HeaderMap, head:
         return match digest {
             Some(digest) => redirect(
                 StatusCode::FOUND,
-                &format!("http://{}/containers/images/{digest}", shared.storage),
+                &format!(
+                    "{}://{}/containers/images/{digest}",
+                    shared.scheme, shared.storage
+                ),
             ),
             None => plain(StatusCode::NOT_FOUND, "no such download"),
         };
@@ -884,7 +977,7 @@ fn token(shared: &Shared, query: &str) -> Response {
 }
 
 fn challenge(shared: &Shared, name: Option<&str>) -> Response {
-    let realm = format!("http://{}/v2/token", shared.registry);
+    let realm = format!("{}://{}/v2/token", shared.scheme, shared.registry);
     let value = match name {
         Some(name) => format!(
             "Bearer realm=\"{realm}\",service=\"{}\",scope=\"repository:{AR_PREFIX}/{name}:pull\"",

@@ -23,6 +23,10 @@ pub mod nginx;
 pub mod regcache;
 /// Images seeded into the fake as plain data, and the pull every test makes of them.
 pub mod seed;
+/// Debian's tinyproxy as a forward proxy with a default-deny CONNECT filter.
+pub mod tinyproxy;
+/// Test-time certificates (rcgen): a CA per test, 127.0.0.x leaves, rustls server configs.
+pub mod tls;
 
 // The helpers most tests use, at `support::` directly.
 pub use config::{config_toml, config_toml_with, three_upstreams_toml};

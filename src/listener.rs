@@ -1,0 +1,224 @@
+//! regcache's own HTTPS: a TCP listener whose connections are TLS (rustls,
+//! `h2` then `http/1.1` by ALPN) before hyper sees them, and the certificate
+//! behind it, re-read on `SIGHUP` and whenever its files change. A reload
+//! swaps the certificate for new handshakes only: open connections carry on.
+//! A new certificate that cannot be read, or whose key does not match, is
+//! refused with an error in the log and the old one stays in use; at start the
+//! same problem stops regcache.
+//!
+//! It knows nothing of the registry API and never logs key material.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::ServerTls;
+
+/// How often the certificate files are checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshaken connections waiting for `accept`.
+const ACCEPT_QUEUE: usize = 256;
+
+/// The certificate in use, swapped whole on reload.
+#[derive(Debug)]
+pub struct Certificate {
+    files: ServerTls,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Certificate {
+    /// Loads the certificate and key; a key that does not match is an error.
+    pub fn load(files: &ServerTls) -> anyhow::Result<Arc<Certificate>> {
+        let key = certified_key(files)?;
+        Ok(Arc::new(Certificate {
+            files: files.clone(),
+            current: RwLock::new(Arc::new(key)),
+        }))
+    }
+
+    /// Re-reads the files; on failure the certificate in use stays.
+    pub fn reload(&self, why: &str) {
+        match certified_key(&self.files) {
+            Ok(key) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+                tracing::info!(cert_file = %self.files.cert_file.display(), why, "TLS certificate reloaded");
+            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                why,
+                "TLS certificate not reloaded; the previous one stays in use"
+            ),
+        }
+    }
+
+    /// The rustls configuration serving this certificate.
+    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Only fails for a provider without safe protocol versions; ring has them.
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// Reloads on SIGHUP and when a file's modification time or size
+    /// changes, until the task is dropped.
+    pub async fn watch(self: Arc<Self>) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; reloading on file changes only");
+                None
+            }
+        };
+        let mut seen = self.stamp();
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            tokio::select! {
+                Some(()) = async { hangup.as_mut()?.recv().await } => self.reload("SIGHUP"),
+                _ = tick.tick() => {
+                    let now = self.stamp();
+                    if now != seen {
+                        seen = now;
+                        self.reload("file changed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a change of either file shows up in.
+    fn stamp(&self) -> [Option<(SystemTime, u64)>; 2] {
+        let of = |path: &Path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        };
+        [of(&self.files.cert_file), of(&self.files.key_file)]
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+/// Reads and checks the pair: a chain, a key, and the key matching the leaf.
+fn certified_key(files: &ServerTls) -> anyhow::Result<CertifiedKey> {
+    let (cert_path, key_path) = (&files.cert_file, &files.key_file);
+    let chain = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("server.tls.cert_file {}", cert_path.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "server.tls.cert_file {}: no PEM certificate in it",
+        cert_path.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .with_context(|| format!("server.tls.key_file {}", key_path.display()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).with_context(|| {
+        format!(
+            "server.tls.key_file {} does not go with server.tls.cert_file {}",
+            key_path.display(),
+            cert_path.display()
+        )
+    })
+}
+
+/// Accepts TCP connections and hands out those whose TLS handshake
+/// succeeded. Each handshake runs in its own task, so a slow or failing
+/// client holds up nobody else.
+#[derive(Debug)]
+pub struct TlsListener {
+    local: SocketAddr,
+    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    acceptor_task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, handshaken) = mpsc::channel(ACCEPT_QUEUE);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let acceptor_task = tokio::spawn(accept_loop(tcp, acceptor, tx));
+        Ok(Self {
+            local,
+            handshaken,
+            acceptor_task,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor_task.abort();
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    loop {
+        let (stream, addr) = match tcp.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, as axum does.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // See app::run on TCP_NODELAY.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send((tls, addr)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handshaken.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop only ends when aborted, with this listener.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

@@ -1,0 +1,277 @@
+//! Upstream TLS and forward proxies, as restricted sites have them: the
+//! registry.k8s.io-like chain (307 → relative 302 → storage) served over TLS
+//! on 127.0.0.1/.2/.3 with a CA made for the test, over HTTP/2 and over
+//! HTTP/1.1; certificates that are untrusted, for another address, or expired,
+//! each failing with a cause an operator can act on; an upstream that demands
+//! a client certificate; and Debian's tinyproxy allowing CONNECT only to the
+//! chain's hosts, configured in the file or through `HTTPS_PROXY`.
+
+use reqwest::StatusCode;
+
+use crate::support::fake::{FakeUpstream, Host};
+use crate::support::regcache::Regcache;
+use crate::support::tinyproxy::Tinyproxy;
+use crate::support::tls::{Alpn, FAKE_IPS, TestCa};
+use crate::support::{Image, config_toml_with, get, seed_image};
+
+/// A TLS chain presenting a certificate of `ca` for its three addresses.
+fn tls_chain(ca: &TestCa, alpn: Alpn) -> (FakeUpstream, Image) {
+    let leaf = ca.leaf(&FAKE_IPS);
+    let fake = FakeUpstream::k8s_like_tls(leaf.server_config(alpn));
+    let image = seed_image(&fake, "pause", "3.10", 300 * 1024);
+    (fake, image)
+}
+
+/// regcache for `fake`, with `extra` lines in its `[[upstream]]` table and
+/// `before` ahead of the whole file (for `[upstream_defaults]`).
+fn regcache(fake: &FakeUpstream, extra: &str, before: &str) -> Regcache {
+    let config = config_toml_with(&fake.url(), "5m", "30s", extra);
+    Regcache::builder()
+        .config_toml(format!("{before}\n{config}"))
+        .start()
+}
+
+fn ca_line(ca: &TestCa) -> String {
+    format!("ca_file = \"{}\"", ca.ca_file().display())
+}
+
+/// `host:port` of one of the fake's hosts.
+fn host_port(fake: &FakeUpstream, host: Host) -> String {
+    fake.host_url(host)
+        .trim_start_matches("https://")
+        .to_owned()
+}
+
+/// Pulls the manifest by tag and the layer through `rc`; checks the bytes.
+async fn pull(rc: &Regcache, image: &Image) {
+    let manifest = get(&format!("{}/v2/pause/manifests/{}", rc.url(), image.tag)).await;
+    assert_eq!(
+        manifest.status,
+        StatusCode::OK,
+        "{:?}\n{}",
+        manifest.body,
+        rc.log()
+    );
+    assert_eq!(manifest.ok_body(), &image.manifest);
+    let layer = get(&format!(
+        "{}/v2/pause/blobs/{}",
+        rc.url(),
+        image.layer().digest
+    ))
+    .await;
+    assert_eq!(layer.status, StatusCode::OK, "{:?}", layer.body);
+    assert_eq!(layer.ok_body(), &image.layer().bytes);
+}
+
+/// The OCI error message of a failed manifest request.
+async fn manifest_error(rc: &Regcache, image: &Image) -> (StatusCode, String) {
+    let got = get(&format!("{}/v2/pause/manifests/{}", rc.url(), image.tag)).await;
+    assert!(!got.status.is_success(), "expected a failure");
+    let json: serde_json::Value = serde_json::from_slice(&got.body).expect("OCI JSON");
+    let message = json["errors"][0]["message"].as_str().unwrap_or_default();
+    (got.status, message.to_owned())
+}
+
+#[tokio::test]
+async fn pulls_over_http2_through_all_three_tls_hosts() {
+    let ca = TestCa::new("h2");
+    let (fake, image) = tls_chain(&ca, Alpn::H2);
+    let rc = regcache(&fake, &ca_line(&ca), "");
+    pull(&rc, &image).await;
+    let seen = fake.requests();
+    for host in [Host::Front, Host::Registry, Host::Storage] {
+        assert!(seen.iter().any(|s| s.host == host), "{host:?} not reached");
+    }
+    assert!(
+        seen.iter().all(|s| s.version == http::Version::HTTP_2),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn pulls_from_an_http1_only_tls_upstream() {
+    let ca = TestCa::new("h1");
+    let (fake, image) = tls_chain(&ca, Alpn::H1Only);
+    let rc = regcache(&fake, &ca_line(&ca), "");
+    pull(&rc, &image).await;
+    let seen = fake.requests();
+    assert!(seen.iter().any(|s| s.host == Host::Storage));
+    assert!(
+        seen.iter().all(|s| s.version == http::Version::HTTP_11),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_names_its_issuer_and_ca_file() {
+    let ca = TestCa::new("untrusted");
+    let (fake, image) = tls_chain(&ca, Alpn::H2);
+    let rc = regcache(&fake, "", "");
+    let (status, message) = manifest_error(&rc, &image).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
+    let front = host_port(&fake, Host::Front);
+    assert!(
+        message.contains(&format!("TLS certificate of {front} is not trusted")),
+        "{message}"
+    );
+    assert!(message.contains(&ca.name), "issuer missing: {message}");
+    assert!(message.contains("ca_file"), "{message}");
+    assert_eq!(
+        fake.total_hits(),
+        0,
+        "no request may pass an untrusted handshake"
+    );
+    // The access log line is written when the response has ended.
+    rc.wait_for_log(&ca.name);
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_address_is_a_name_mismatch() {
+    let ca = TestCa::new("wrong-name");
+    let leaf = ca.leaf(&["127.0.0.9", "elsewhere.example"]);
+    let fake = FakeUpstream::k8s_like_tls(leaf.server_config(Alpn::H2));
+    let image = seed_image(&fake, "pause", "3.10", 1024);
+    let rc = regcache(&fake, &ca_line(&ca), "");
+    let (status, message) = manifest_error(&rc, &image).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
+    let front = host_port(&fake, Host::Front);
+    assert!(
+        message.contains(&format!("TLS certificate is not valid for {front}")),
+        "{message}"
+    );
+    assert_eq!(fake.total_hits(), 0);
+}
+
+#[tokio::test]
+async fn an_expired_certificate_says_expired() {
+    let ca = TestCa::new("expired");
+    let leaf = ca.expired_leaf(&FAKE_IPS);
+    let fake = FakeUpstream::k8s_like_tls(leaf.server_config(Alpn::H2));
+    let image = seed_image(&fake, "pause", "3.10", 1024);
+    let rc = regcache(&fake, &ca_line(&ca), "");
+    let (status, message) = manifest_error(&rc, &image).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
+    let front = host_port(&fake, Host::Front);
+    assert!(
+        message.contains(&format!("TLS certificate of {front} has expired")),
+        "{message}"
+    );
+    assert_eq!(fake.total_hits(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_demanding_a_client_certificate_gets_the_configured_one() {
+    let ca = TestCa::new("mtls-server");
+    let client_ca = TestCa::new("mtls-client");
+    let leaf = ca.leaf(&FAKE_IPS);
+    let fake = FakeUpstream::k8s_like_tls(leaf.server_config_with_client_auth(&client_ca));
+    let image = seed_image(&fake, "pause", "3.10", 64 * 1024);
+
+    // TLS 1.3 finishes the client's side of the handshake before the server
+    // checks the certificate, so the refusal arrives as a closed connection.
+    let without = regcache(&fake, &ca_line(&ca), "");
+    let (status, message) = manifest_error(&without, &image).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
+    assert_eq!(fake.total_hits(), 0);
+    drop(without);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = client_ca
+        .client_leaf("regcache")
+        .write(dir.path(), "client");
+    // Given once for every upstream, in [upstream_defaults].
+    let defaults = format!(
+        "[upstream_defaults]\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let with = regcache(&fake, &ca_line(&ca), &defaults);
+    pull(&with, &image).await;
+}
+
+/// Every `host:port` of the chain.
+fn chain_hosts(fake: &FakeUpstream) -> Vec<String> {
+    [Host::Front, Host::Registry, Host::Storage]
+        .into_iter()
+        .map(|h| host_port(fake, h))
+        .collect()
+}
+
+#[tokio::test]
+async fn pulls_through_a_proxy_that_allows_only_the_chain() {
+    let ca = TestCa::new("proxy");
+    let (fake, image) = tls_chain(&ca, Alpn::H2);
+    let hosts = chain_hosts(&fake);
+    let proxy = Tinyproxy::start(&hosts);
+    let extra = format!("{}\nproxy = \"{}\"", ca_line(&ca), proxy.url());
+    let rc = regcache(&fake, &extra, "");
+    pull(&rc, &image).await;
+    for host in &hosts {
+        assert!(
+            proxy.saw_connect(host),
+            "no CONNECT to {host}:\n{}",
+            proxy.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_proxy_config_https_proxy_from_the_environment_applies() {
+    let ca = TestCa::new("env-proxy");
+    let (fake, image) = tls_chain(&ca, Alpn::H2);
+    let hosts = chain_hosts(&fake);
+    let proxy = Tinyproxy::start(&hosts);
+    let config = config_toml_with(&fake.url(), "5m", "30s", &ca_line(&ca));
+    let rc = Regcache::builder()
+        .config_toml(config)
+        .env("HTTPS_PROXY", proxy.url())
+        .env("NO_PROXY", "")
+        .start();
+    pull(&rc, &image).await;
+    for host in &hosts {
+        assert!(
+            proxy.saw_connect(host),
+            "no CONNECT to {host}:\n{}",
+            proxy.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_storage_host_missing_from_the_proxy_acl_is_named() {
+    let ca = TestCa::new("acl");
+    let (fake, image) = tls_chain(&ca, Alpn::H2);
+    let storage = host_port(&fake, Host::Storage);
+    let all = chain_hosts(&fake);
+    let ports: Vec<u16> = all
+        .iter()
+        .map(|h| h.rsplit_once(':').unwrap().1.parse().unwrap())
+        .collect();
+    let allowed: Vec<String> = all.into_iter().filter(|h| *h != storage).collect();
+    // The storage port stays open: the filter's host rule is what refuses it.
+    let proxy = Tinyproxy::start_with_ports(&allowed, &ports);
+    let extra = format!("{}\nproxy = \"{}\"", ca_line(&ca), proxy.url());
+    let rc = regcache(&fake, &extra, "");
+    // Manifests never leave the registry host.
+    let manifest = get(&format!("{}/v2/pause/manifests/{}", rc.url(), image.tag)).await;
+    assert_eq!(manifest.status, StatusCode::OK);
+    let layer = get(&format!(
+        "{}/v2/pause/blobs/{}",
+        rc.url(),
+        image.layer().digest
+    ))
+    .await;
+    assert_eq!(layer.status, StatusCode::BAD_GATEWAY, "{:?}", layer.body);
+    let text = String::from_utf8_lossy(&layer.body);
+    assert!(
+        text.contains(&format!("the proxy refused to connect to {storage}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("403 Filtered"),
+        "the proxy's own answer: {text}"
+    );
+    assert_eq!(fake.hits_on(Host::Storage, http::Method::GET, "/"), 0);
+    // The access log line is written when the response has ended.
+    rc.wait_for_log(&storage);
+}
