@@ -10,6 +10,8 @@ mod common;
 mod config_cli;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
 mod deploy;
+/// Docker Engine (dockerd) pulling Docker Hub names through regcache as its registry mirror, from docker-registry.
+mod docker_engine;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
 mod evict;
 /// Upstream down/500, tag TTL, wrong bytes, cut bodies, crash mid-fill, peak RSS.

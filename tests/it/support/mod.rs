@@ -7,6 +7,8 @@
 pub mod clients;
 /// Debian's docker-registry as a real upstream, seeded over its push API.
 pub mod docker_registry;
+/// Debian's Docker Engine as a private daemon with regcache as its Docker Hub mirror.
+pub mod dockerd;
 /// The in-process registry.k8s.io-like upstream (front 307 → AR 302 → storage) with faults.
 pub mod fake;
 /// Test images as plain data: OCI 3 layers, Docker manifest list, 1 GiB layer.
