@@ -14,15 +14,16 @@ mod fill_job;
 mod manifests;
 mod outcome;
 mod passthrough;
+mod referrers;
 mod routes;
 
 use std::sync::Arc;
 
 pub use blobs::{BlobBody, BlobReply};
-pub use discovery::Referrers;
 pub use error::Error;
 pub use manifests::Manifest;
 pub use outcome::Outcome;
+pub use referrers::Referrers;
 pub use routes::{Route, Routed};
 
 use crate::cache::Cache;
@@ -45,6 +46,7 @@ pub struct Registry {
     fills: Arc<Fills>,
     manifest_flights: manifests::Flights,
     evictor: Arc<Evictor>,
+    referrers: referrers::Answers,
 }
 
 impl Registry {
@@ -83,6 +85,7 @@ impl Registry {
             fills: Arc::default(),
             manifest_flights: manifests::Flights::default(),
             evictor,
+            referrers: referrers::Answers::default(),
         })
     }
 

@@ -26,6 +26,8 @@ mod ops;
 mod packaging;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
+/// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale) and docker-registry's fallback tag or an empty index.
+mod referrers;
 /// Fills resumed with a Range request after a cut upstream body; permanent cuts.
 mod resume;
 /// Several upstreams: ns, path-prefix and default routing, Docker Hub's library/, the closed table, per-upstream tags, health probes.
