@@ -10,7 +10,7 @@ mod common;
 mod config_cli;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
 mod deploy;
-/// Docker Engine (dockerd) pulling Docker Hub names through regcache as its registry mirror, from docker-registry.
+/// Docker Engine (dockerd) pulling Docker Hub names through regcache as its registry mirror, from docker-registry and the k8s-like fake.
 mod docker_engine;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
 mod evict;
