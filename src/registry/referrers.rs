@@ -8,6 +8,10 @@
 //!    ordinary manifest tag, so it follows the tag TTL and survives restarts);
 //! 3. there is no such tag either: an empty index.
 //!
+//! Manifests this cache holds for the repository whose `subject` is the digest
+//! are listed too when the answer does not list them already (pulled by digest
+//! while the upstream's index lagged, or answered while the upstream is down).
+//!
 //! `?artifactType=` is applied here when the upstream did not apply it, and
 //! `OCI-Filters-Applied: artifactType` says it was. Answers are kept in memory
 //! for the upstream's `tag_ttl`, and served stale when the upstream cannot be
@@ -79,11 +83,13 @@ impl Registry {
                 return Ok((answer.0.clone(), Outcome::Hit));
             }
         }
+        let cached_content = self.cached_referrers(route, repo, digest).await?;
         match self
             .fetch_referrers(route, repo, digest, artifact_type)
             .await
         {
             Ok(referrers) => {
+                let referrers = with_cached(referrers, cached_content, artifact_type)?;
                 let answer = Arc::new((referrers.clone(), Instant::now()));
                 self.referrers.cache.insert(key, answer).await;
                 Ok((referrers, Outcome::Miss))
@@ -93,17 +99,51 @@ impl Registry {
                 if let Some(answer) = cached {
                     return Ok((answer.0.clone(), Outcome::Stale));
                 }
-                // The fallback tag may be cached as a manifest tag.
-                match self
+                // The fallback tag may be cached as a manifest tag; else what
+                // this cache holds that names the subject, if anything.
+                let from_tag = self
                     .referrers_from_tag(route, repo, digest, artifact_type)
-                    .await
-                {
-                    Ok(referrers) => Ok((referrers, Outcome::Stale)),
-                    Err(_) => Err(e),
-                }
+                    .await;
+                let from_cache = match from_tag {
+                    Ok(referrers) => referrers,
+                    Err(_) if !cached_content.is_empty() => empty_index(artifact_type),
+                    Err(_) => return Err(e),
+                };
+                let referrers = with_cached(from_cache, cached_content, artifact_type)?;
+                Ok((referrers, Outcome::Stale))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Descriptors of the manifests cached for `repo` whose `subject` is
+    /// `digest` (pulled through regcache, by digest or by tag), as the referrers
+    /// API lists them. Read from disk: answers are kept for the tag TTL, so this
+    /// runs at most once per TTL per subject.
+    async fn cached_referrers(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<serde_json::Value>, Error> {
+        let mut found = Vec::new();
+        for row in self.index.linked_manifests(route.name(), repo).await? {
+            // Only OCI manifests and indexes carry a subject.
+            let Some(kind @ (media_type::OCI_MANIFEST | media_type::OCI_INDEX)) =
+                row.media_type.as_deref()
+            else {
+                continue;
+            };
+            let Some(bytes) = self
+                .store
+                .read_small(&row.digest, MAX_MANIFEST_BYTES)
+                .await?
+            else {
+                continue;
+            };
+            found.extend(referrer_descriptor(&bytes, kind, &row.digest, digest));
+        }
+        Ok(found)
     }
 
     /// Asks the upstream's referrers API, or builds the answer from its
@@ -183,6 +223,87 @@ impl Registry {
     }
 }
 
+/// The descriptor the referrers API lists for the manifest `bytes` (of
+/// `media_type`, named `digest`) if its `subject` is `subject`: media type,
+/// digest, size, `artifactType` (the config's media type when the manifest has
+/// none) and annotations.
+fn referrer_descriptor(
+    bytes: &[u8],
+    media_type: &str,
+    digest: &Digest,
+    subject: &Digest,
+) -> Option<serde_json::Value> {
+    let manifest: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if manifest["subject"]["digest"].as_str()? != subject.to_string() {
+        return None;
+    }
+    let mut descriptor = serde_json::json!({
+        "mediaType": media_type,
+        "digest": digest.to_string(),
+        "size": bytes.len(),
+    });
+    let artifact_type = manifest
+        .get("artifactType")
+        .or_else(|| manifest["config"].get("mediaType"));
+    if let Some(artifact_type) = artifact_type {
+        descriptor["artifactType"] = artifact_type.clone();
+    }
+    if let Some(annotations) = manifest.get("annotations").filter(|a| a.is_object()) {
+        descriptor["annotations"] = annotations.clone();
+    }
+    Some(descriptor)
+}
+
+/// `referrers` with the cached referrers it does not list yet (of
+/// `artifact_type` when filtering); its bytes unchanged when there are none.
+fn with_cached(
+    referrers: Referrers,
+    cached: Vec<serde_json::Value>,
+    artifact_type: Option<&str>,
+) -> Result<Referrers, Error> {
+    let wanted: Vec<_> = cached
+        .into_iter()
+        .filter(|d| artifact_type.is_none_or(|t| d["artifactType"].as_str() == Some(t)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(referrers);
+    }
+    let bad = |why: &str| Error::BadContent(format!("referrers index {why}"));
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&referrers.body).map_err(|_| bad("is not JSON"))?;
+    let manifests = index
+        .get_mut("manifests")
+        .and_then(serde_json::Value::as_array_mut)
+        .ok_or_else(|| bad("has no manifests array"))?;
+    let before = manifests.len();
+    for descriptor in wanted {
+        if !manifests
+            .iter()
+            .any(|m| m["digest"] == descriptor["digest"])
+        {
+            manifests.push(descriptor);
+        }
+    }
+    if manifests.len() == before {
+        return Ok(referrers);
+    }
+    let body = serde_json::to_vec(&index).map_err(|_| bad("cannot be written back"))?;
+    Ok(Referrers {
+        content_type: Some(media_type::OCI_INDEX.into()),
+        body: Bytes::from(body),
+        ..referrers
+    })
+}
+
+/// An empty index, filtered (vacuously) when `artifact_type` is given.
+fn empty_index(artifact_type: Option<&str>) -> Referrers {
+    Referrers {
+        content_type: Some(media_type::OCI_INDEX.into()),
+        filters_applied: artifact_type.map(|_| FILTERED_BY_ARTIFACT_TYPE.into()),
+        body: Bytes::from_static(EMPTY_INDEX.as_bytes()),
+    }
+}
+
 /// An image index that lists nothing.
 const EMPTY_INDEX: &str =
     r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
@@ -239,6 +360,35 @@ mod tests {
             fallback_tag(&digest).as_str(),
             format!("sha256-{}", digest.hex())
         );
+    }
+
+    #[test]
+    fn cached_manifests_naming_the_subject_become_descriptors() {
+        let subject = Digest::sha256_of(b"subject");
+        let artifact = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/sig","digest":"sha256:aa","size":2}},"layers":[],"subject":{{"mediaType":"x","digest":"{subject}","size":1}},"annotations":{{"a":"b"}}}}"#
+        );
+        let digest = Digest::sha256_of(artifact.as_bytes());
+        let oci = media_type::OCI_MANIFEST;
+        let descriptor = referrer_descriptor(artifact.as_bytes(), oci, &digest, &subject).unwrap();
+        assert_eq!(descriptor["digest"], digest.to_string());
+        assert_eq!(descriptor["size"], artifact.len());
+        // No artifactType: the config's media type stands in.
+        assert_eq!(descriptor["artifactType"], "application/sig");
+        assert_eq!(descriptor["annotations"]["a"], "b");
+        let other = Digest::sha256_of(b"other");
+        assert!(referrer_descriptor(artifact.as_bytes(), oci, &digest, &other).is_none());
+
+        // Added to an answer that does not list it, once, filtered by type.
+        let upstream = empty_index(None);
+        let merged = with_cached(upstream.clone(), vec![descriptor.clone()], None).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&merged.body).unwrap();
+        assert_eq!(json["manifests"].as_array().unwrap().len(), 1);
+        let again = with_cached(merged.clone(), vec![descriptor.clone()], None).unwrap();
+        assert_eq!(again.body, merged.body, "already listed: bytes unchanged");
+        let filtered =
+            with_cached(upstream.clone(), vec![descriptor], Some("application/x")).unwrap();
+        assert_eq!(filtered.body, upstream.body);
     }
 
     #[test]

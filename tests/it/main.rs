@@ -26,7 +26,7 @@ mod ops;
 mod packaging;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
-/// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale) and docker-registry's fallback tag or an empty index.
+/// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale), docker-registry's fallback tag or an empty index, cached manifests naming the subject.
 mod referrers;
 /// Fills resumed with a Range request after a cut upstream body; permanent cuts.
 mod resume;

@@ -5,7 +5,8 @@
 //! with the upstream down. From Debian's docker-registry 2.8, which has no such
 //! API: built from the referrers tag schema's fallback tag `sha256-<hex>`, or an
 //! empty index when there is none; served with the upstream stopped, also after
-//! a restart.
+//! a restart. And manifests regcache holds whose `subject` is the digest,
+//! listed when the upstream's answer lags, and alone when it is down.
 //!
 //! Each answer is printed as `case | status | Content-Type | manifests listed`.
 //! Talks only to 127.0.0.1; every server is stopped by its guard.
@@ -264,4 +265,62 @@ async fn an_upstream_without_the_api_answers_from_its_fallback_tag_or_empty() {
         sbom_listed
     );
     regcache.wait_for_log("outcome=\"stale\"");
+}
+
+/// Manifests regcache holds whose `subject` is the digest are listed even when
+/// the upstream's answer does not list them, and answer on their own when the
+/// upstream is down and nothing else is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_manifests_naming_the_subject_are_listed_too() {
+    let fake = FakeUpstream::k8s_like();
+    let subject = seed_image(&fake, "pause", "3.9", 100);
+    let subject_image = Image {
+        repo: "pause".into(),
+        tag: "3.9".into(),
+        blobs: Vec::new(),
+        manifests: vec![Manifest {
+            digest: subject.manifest_digest.clone(),
+            media_type: OCI_MANIFEST.into(),
+            bytes: subject.manifest.clone(),
+        }],
+        top: subject.manifest_digest.clone(),
+        platforms: Vec::new(),
+    };
+    let (_, sbom) = artifact(&subject_image, SBOM);
+    // The upstream has the artifact but its referrers API does not list it.
+    let put = fake.put_manifest("pause", None, OCI_MANIFEST, sbom.bytes.clone());
+    assert_eq!(put, sbom.digest);
+    let regcache = Regcache::builder()
+        .config_toml(config_toml(&fake.url(), TAG_TTL))
+        .start();
+    let base = regcache.url();
+    let got = get(&format!("{base}/v2/pause/manifests/{}", sbom.digest)).await;
+    assert_eq!(got.status, StatusCode::OK, "pull the artifact by digest");
+
+    let url = format!("{base}/v2/pause/referrers/{}", subject.manifest_digest);
+    let got = get(&url).await;
+    let want = std::slice::from_ref(&sbom.digest);
+    assert_eq!(listed("fake, API lags, artifact cached", &got), want);
+    let json: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    let descriptor = &json["manifests"][0];
+    assert_eq!(descriptor["artifactType"], SBOM);
+    assert_eq!(descriptor["mediaType"], OCI_MANIFEST);
+    assert_eq!(descriptor["size"], sbom.bytes.len());
+    let other = get(&format!("{url}?artifactType=application%2Fother")).await;
+    assert!(listed("fake, API lags, artifactType=other", &other).is_empty());
+
+    // Down, and this filter never asked: the cached artifact alone answers.
+    fake.set_down(true);
+    let sbom_only = format!("{url}?artifactType={}", SBOM.replace('/', "%2F"));
+    let got = get(&sbom_only).await;
+    assert_eq!(
+        listed("fake down, never asked, artifact cached", &got),
+        want
+    );
+    assert_eq!(got.header("oci-filters-applied"), Some("artifactType"));
+    // Another repository never sees it.
+    let elsewhere = format!("{base}/v2/other/referrers/{}", subject.manifest_digest);
+    get(&elsewhere)
+        .await
+        .assert_oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
 }
