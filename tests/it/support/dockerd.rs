@@ -147,7 +147,7 @@ impl Dockerd {
 
     /// SIGTERM (dockerd then stops the containerd it manages), SIGKILL after
     /// [`STOP_TIMEOUT`]; a managed containerd left behind is killed by the pid
-    /// it wrote. Idempotent.
+    /// it wrote, and mounts left behind are unmounted. Idempotent.
     pub fn stop(&mut self) {
         if self.stopped {
             return;
@@ -165,6 +165,24 @@ impl Dockerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.kill_managed_containerd();
+        self.unmount_leftovers();
+    }
+
+    /// Unmounts what a dockerd that did not shut down cleanly left mounted
+    /// under our directory (it bind-mounts its data root onto itself), deepest
+    /// first, so the temporary directory can be removed.
+    fn unmount_leftovers(&self) {
+        let ours = self.dir.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|point| point.starts_with(&ours))
+            .collect();
+        points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+        for point in points {
+            let _ = Command::new("umount").arg(point).status();
+        }
     }
 
     /// Kills the containerd dockerd started under our exec root, if it outlived
