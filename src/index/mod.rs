@@ -250,6 +250,26 @@ impl Index {
         .await
     }
 
+    /// The manifests (content with a media type) linked to `repo` of `upstream`,
+    /// sorted by digest: where cached referrers of a subject are looked for.
+    pub async fn linked_manifests(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+    ) -> Result<Vec<ContentRow>, Error> {
+        let key = (upstream.to_owned(), repo.as_str().to_owned());
+        self.read("linked_manifests", move |conn| {
+            let sql = "SELECT c.digest, c.size, c.media_type FROM repo_content r \
+                       JOIN content c ON c.digest = r.digest \
+                       WHERE r.upstream = ?1 AND r.repo = ?2 AND c.media_type IS NOT NULL \
+                       ORDER BY c.digest";
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![key.0, key.1], content_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// Drops the content row; its links and the tags pointing at it go with it.
     pub async fn remove_content(&self, digest: &Digest) -> Result<(), Error> {
         let digest = digest.clone();

@@ -269,3 +269,28 @@ async fn sizes_beyond_sqlite_integers_are_refused() {
         .unwrap_err();
     assert!(matches!(err, Error::SizeOutOfRange(u64::MAX)), "{err}");
 }
+
+#[tokio::test]
+async fn linked_manifests_are_the_repos_manifests_only() {
+    let (_dir, index) = open();
+    let mine = manifest(b"{\"mine\":1}");
+    let other_repo = manifest(b"{\"other\":1}");
+    let layer = blob(b"layer");
+    index.insert_content(&mine, UP, &repo("app")).await.unwrap();
+    index
+        .insert_content(&layer, UP, &repo("app"))
+        .await
+        .unwrap();
+    index
+        .insert_content(&other_repo, UP, &repo("other"))
+        .await
+        .unwrap();
+    index
+        .insert_content(&other_repo, "docker.io", &repo("app"))
+        .await
+        .unwrap();
+    assert_eq!(
+        index.linked_manifests(UP, &repo("app")).await.unwrap(),
+        [mine]
+    );
+}

@@ -242,6 +242,30 @@ impl Local {
         }))
     }
 
+    /// The manifests cached for `repo` of `upstream` (linked to it) whose media
+    /// type is one of `media_types`.
+    pub(super) async fn linked_manifests(
+        &self,
+        upstream: &UpstreamKey,
+        repo: &RepoName,
+        media_types: &[&str],
+    ) -> Result<Vec<Arc<Manifest>>, Error> {
+        let mut found = Vec::new();
+        for row in self.index.linked_manifests(&upstream.name, repo).await? {
+            let wanted = row
+                .media_type
+                .as_deref()
+                .is_some_and(|t| media_types.contains(&t));
+            if !wanted {
+                continue;
+            }
+            if let Some(manifest) = self.manifest(&row.digest).await? {
+                found.push(manifest);
+            }
+        }
+        Ok(found)
+    }
+
     /// The tags of `repo` this cache knows (for listing while the upstream is down).
     pub(super) async fn tags(
         &self,

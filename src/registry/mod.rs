@@ -17,15 +17,16 @@ mod local;
 mod manifests;
 mod outcome;
 mod passthrough;
+mod referrers;
 mod routes;
 
 use std::sync::Arc;
 
 pub use crate::oci::Manifest;
 pub use blobs::{BlobBody, BlobReply};
-pub use discovery::Referrers;
 pub use error::Error;
 pub use outcome::Outcome;
+pub use referrers::Referrers;
 pub use routes::{Route, Routed};
 
 use crate::config::Config;
@@ -44,6 +45,7 @@ pub struct Registry {
     local: Local,
     fills: Arc<Fills>,
     manifest_flights: manifests::Flights,
+    referrers: referrers::Answers,
 }
 
 impl Registry {
@@ -65,6 +67,7 @@ impl Registry {
             local,
             fills: Arc::default(),
             manifest_flights: manifests::Flights::default(),
+            referrers: referrers::Answers::default(),
         })
     }
 

@@ -16,7 +16,7 @@ pub enum Outcome {
     Stale,
     /// Cached content served to another repository after the upstream confirmed it.
     Confirmed,
-    /// Passed through from the upstream without caching (tags, referrers, HEAD of a cold blob).
+    /// Passed through from the upstream without caching (tags, HEAD of a cold blob).
     Pass,
 }
 

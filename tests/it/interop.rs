@@ -27,21 +27,21 @@ use crate::support::fake::FakeUpstream;
 use crate::support::images::{self, Image};
 use crate::support::regcache::Regcache;
 
-/// The upstream regcache mirrors in one test.
-enum Upstream {
+/// The upstream regcache mirrors in one test (also used by `docker_engine`).
+pub(crate) enum Upstream {
     Docker(DockerRegistry),
     K8sLike(FakeUpstream),
 }
 
 impl Upstream {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Upstream::Docker(r) => r.url(),
             Upstream::K8sLike(f) => f.url(),
         }
     }
 
-    fn seed(&self, image: &Image) {
+    pub(crate) fn seed(&self, image: &Image) {
         match self {
             Upstream::Docker(r) => r.push(image),
             Upstream::K8sLike(f) => {
@@ -63,7 +63,7 @@ impl Upstream {
 
     /// How many times the upstream sent blob `digest` of `size` bytes to
     /// regcache (complete transfers).
-    fn blob_fetches(&self, digest: &str, size: usize) -> f64 {
+    pub(crate) fn blob_fetches(&self, digest: &str, size: usize) -> f64 {
         match self {
             Upstream::Docker(r) => r.requests("GET", &format!("/blobs/{digest}")) as f64,
             Upstream::K8sLike(f) => f.sent(digest) as f64 / size as f64,
@@ -71,7 +71,7 @@ impl Upstream {
     }
 
     /// Makes the upstream unreachable.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         match self {
             Upstream::Docker(r) => r.stop(),
             Upstream::K8sLike(f) => f.set_down(true),

@@ -40,11 +40,14 @@ use crate::support::three_upstreams_toml;
 const GUIDES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/guides");
 
 /// Every `<!-- tested: NAME -->` snippet in the guides, and its file.
-const TESTED: [(&str, &str); 4] = [
+const TESTED: [(&str, &str); 6] = [
     ("containerd.md", "containerd-hosts-ns"),
     ("containerd.md", "containerd-hosts-override-path"),
     ("podman.md", "registries-conf-path"),
     ("podman.md", "registries-conf-default"),
+    // Pulled by docker_engine.rs.
+    ("docker.md", "docker-regcache-toml"),
+    ("docker.md", "docker-daemon-json"),
 ];
 
 /// Every registry host the clients are configured for, as a node would be:
@@ -88,7 +91,7 @@ fn fenced_after(text: &str, marker: &str) -> Option<String> {
 }
 
 /// The snippet a guide marks `<!-- tested: NAME -->`.
-fn snippet(file: &str, name: &str) -> String {
+pub(crate) fn snippet(file: &str, name: &str) -> String {
     let marker = format!("<!-- tested: {name} -->");
     fenced_after(&guide(file), &marker)
         .unwrap_or_else(|| panic!("no fenced block after {marker} in {file}"))
@@ -97,7 +100,7 @@ fn snippet(file: &str, name: &str) -> String {
 /// The snippet with each placeholder replaced. Every placeholder must occur
 /// (a guide that hard-coded one would otherwise pass untested), except `HOST`:
 /// the plain hosts.toml names no host, containerd sends it as `ns`.
-fn fill(template: &str, values: &[(&str, &str)]) -> String {
+pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let mut text = template.to_string();
     for (placeholder, value) in values {
         if *placeholder == "HOST" && !template.contains("HOST") {

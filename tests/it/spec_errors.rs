@@ -38,11 +38,13 @@ const SPEC_CODES: &[(&str, &[u16])] = &[
 
 /// Conditions the spec has no code for, answered with distribution's code for
 /// them (what Docker and containerd already know). `UNKNOWN` is distribution's
-/// 500, or 502 when the upstream is to blame (RFC 9110 §15.6.3).
+/// 500, or 502 when the upstream is to blame (RFC 9110 §15.6.3); `UNAVAILABLE`
+/// is 502 for an upstream that cannot answer (504 when it timed out), and 503
+/// only when regcache itself is not ready.
 const DISTRIBUTION_CODES: &[(&str, &[u16])] = &[
     ("PAGINATION_NUMBER_INVALID", &[400]),
     ("RANGE_INVALID", &[416]),
-    ("UNAVAILABLE", &[503]),
+    ("UNAVAILABLE", &[502, 503, 504]),
     ("UNKNOWN", &[500, 502]),
 ];
 
@@ -236,14 +238,14 @@ async fn every_error_matches_the_spec_table() {
         case(
             "upstream 500",
             "/v2/pause/manifests/cold-500",
-            503,
+            502,
             "UNAVAILABLE",
         )
         .fault(Fault::Status(500)),
         case(
             "upstream down",
             format!("/v2/pause/manifests/{missing}"),
-            503,
+            502,
             "UNAVAILABLE",
         )
         .fault(Fault::Down),

@@ -439,11 +439,16 @@ disabled_plugins = [
         }
     }
 
+    /// The gRPC socket (for a client such as dockerd's `--containerd`).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
     /// `ctr --address SOCKET -n interop`
     pub fn ctr(&self) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
-            .arg(self.dir.path().join("c.sock"))
+            .arg(self.socket())
             .args(["--namespace", "interop"]);
         cmd
     }

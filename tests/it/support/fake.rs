@@ -148,6 +148,8 @@ struct FakeState {
     blob_links: HashSet<(String, String)>,
     manifests: HashMap<(String, String), StoredManifest>,
     tags: BTreeMap<(String, String), String>,
+    /// Referrers indexes by (repository, subject digest); others get an empty one.
+    referrers: HashMap<(String, String), Bytes>,
     seen: Vec<Seen>,
     violations: Vec<String>,
     /// Issued token → the scope it grants.
@@ -398,6 +400,13 @@ impl FakeUpstream {
     /// What went wrong on the fake's side (Authorization to storage, bad tokens).
     pub fn violations(&self) -> Vec<String> {
         self.shared.state().violations.clone()
+    }
+
+    /// Answer `GET /v2/<repo>/referrers/<subject>` with `index`, whatever the
+    /// `artifactType` query (as a registry that does not filter).
+    pub fn put_referrers(&self, repo: &str, subject: &str, index: Bytes) {
+        let key = (repo.to_owned(), subject.to_owned());
+        self.shared.state().referrers.insert(key, index);
     }
 
     /// Unreachable: while down, new connections are closed at once and open
@@ -859,11 +868,16 @@ fn registry(shared: &Shared, path: &str, query: &str, headers: &HeaderMap, head:
             )
         }
         "tags" => tags(shared, name, query),
-        "referrers" => json(
-            StatusCode::OK,
-            r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
-        )
-        .map_content_type("application/vnd.oci.image.index.v1+json"),
+        "referrers" => {
+            let key = (name.to_owned(), arg.to_owned());
+            let stored = shared.state().referrers.get(&key).cloned();
+            let empty = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+            let body = stored.map_or_else(
+                || empty.to_owned(),
+                |b| String::from_utf8_lossy(&b).into_owned(),
+            );
+            json(StatusCode::OK, &body).map_content_type("application/vnd.oci.image.index.v1+json")
+        }
         _ => oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "unknown path"),
     }
 }

@@ -11,6 +11,8 @@ pub mod config;
 pub mod data_dir;
 /// Debian's docker-registry as a real upstream, seeded over its push API.
 pub mod docker_registry;
+/// Debian's Docker Engine as a private daemon with regcache as its Docker Hub mirror.
+pub mod dockerd;
 /// The in-process registry.k8s.io-like upstream (front 307 → AR 302 → storage) with faults.
 pub mod fake;
 /// A client for regcache, responses read to their end, OCI error checks, raw requests.
