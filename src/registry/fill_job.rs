@@ -63,22 +63,9 @@ impl FillJob {
             .await?;
         let size = response.content_length();
         // Room on disk before the first byte is written (or no caching at all).
-        let admission = self.local.reserve(size.unwrap_or(0)).await;
-        let mut reservation = match admission {
+        let mut reservation = match self.local.reserve(size.unwrap_or(0)).await {
             Admission::Reserved(reservation) => reservation,
-            Admission::TooLarge | Admission::NoRoom => {
-                let max_size = self.local.budget().max_size();
-                if matches!(admission, Admission::TooLarge) {
-                    tracing::info!(digest = %self.digest, repo = %self.repo, size, max_size, "blob larger than the cache budget; streaming without caching");
-                } else {
-                    tracing::warn!(digest = %self.digest, repo = %self.repo, size, max_size, "no room in the cache budget (pinned content and fills in flight hold it); streaming without caching");
-                }
-                let body = PassThrough::new(response.into_stream(), self.digest.clone(), size);
-                return Ok(FillState::PassThrough {
-                    size,
-                    body: Arc::new(std::sync::Mutex::new(Some(body))),
-                });
-            }
+            refused => return Ok(self.uncached(&refused, response, size)),
         };
         let mut writer = self.local.writer(self.digest.clone()).await?;
         let file = Arc::new(std::fs::File::open(writer.temp_path())?);
@@ -122,6 +109,27 @@ impl FillJob {
         }
         tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob cached");
         Ok(FillState::Committed { size, file })
+    }
+
+    /// The budget refused the blob (`admission`): its upstream body goes to
+    /// one reader, hashed and verified, but is never written to disk.
+    fn uncached(
+        &self,
+        admission: &Admission,
+        response: crate::upstream::Response,
+        size: Option<u64>,
+    ) -> FillState {
+        let max_size = self.local.budget().max_size();
+        if matches!(admission, Admission::TooLarge) {
+            tracing::info!(digest = %self.digest, repo = %self.repo, size, max_size, "blob larger than the cache budget; streaming without caching");
+        } else {
+            tracing::warn!(digest = %self.digest, repo = %self.repo, size, max_size, "no room in the cache budget (pinned content and fills in flight hold it); streaming without caching");
+        }
+        let body = PassThrough::new(response.into_stream(), self.digest.clone(), size);
+        FillState::PassThrough {
+            size,
+            body: Arc::new(std::sync::Mutex::new(Some(body))),
+        }
     }
 
     /// The request that started this fill found nothing cached, but another

@@ -492,7 +492,10 @@ async fn a_fill_whose_every_client_has_gone_still_commits() {
     // No client is left; the fill goes on and commits.
     fake.resume(&digest);
     let file = blob_file(regcache.data_dir(), &digest);
-    wait_for("the fill to commit", || file.exists()).await;
+    // Committed means indexed too: the file is renamed into blobs/ before its
+    // row is written, and a request in between joins the fill (a follow).
+    regcache.wait_for_log(&format!("blob cached digest={digest}"));
+    assert!(file.exists());
     wait_for("the fill's temp file to go", || {
         tmp_files(regcache.data_dir()).is_empty()
     })
