@@ -17,3 +17,4 @@ pub mod ops;
 pub mod registry;
 pub mod store;
 pub mod upstream;
+pub mod users;

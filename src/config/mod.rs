@@ -22,6 +22,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `[server.tls]`: serve HTTPS with this certificate; plain HTTP if None.
     pub tls: Option<ServerTls>,
+    /// `[server.auth]`: who may pull; everyone if None.
+    pub auth: Option<ServerAuth>,
     pub data_dir: PathBuf,
     /// At least one; exactly one has `default == true`.
     pub upstreams: Vec<UpstreamConfig>,
@@ -35,6 +37,17 @@ pub struct Config {
 pub struct ServerTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+}
+
+/// `[server.auth]`: client authentication against an htpasswd file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerAuth {
+    /// bcrypt entries, as `htpasswd -B` writes them.
+    pub htpasswd: PathBuf,
+    /// Refuse anonymous requests (otherwise only wrong credentials are refused).
+    pub required: bool,
+    /// The realm in `WWW-Authenticate`.
+    pub realm: String,
 }
 
 /// `[storage]`'s disk budget: how much committed content the cache keeps.

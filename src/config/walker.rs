@@ -49,6 +49,7 @@ impl Walker {
             "an address like 0.0.0.0:5000",
         );
         let tls = self.server_tls(&mut server);
+        let auth = self.server_auth(&mut server);
         self.reject_unknown(&server, "server");
         let data_dir = self
             .string(&mut storage, "storage", "data_dir")
@@ -85,6 +86,7 @@ impl Walker {
         Some(Config {
             listen: listen?,
             tls,
+            auth,
             data_dir: data_dir?,
             upstreams,
             eviction: eviction?,
@@ -103,6 +105,23 @@ impl Walker {
         Some(ServerTls {
             cert_file: cert_file?.into(),
             key_file: key_file?.into(),
+        })
+    }
+
+    /// `[server.auth]`: `htpasswd` (required), `required`, `realm`.
+    fn server_auth(&mut self, server: &mut Table) -> Option<ServerAuth> {
+        if !server.contains_key("auth") {
+            return None;
+        }
+        let mut t = self.table(server, "server", "auth");
+        let htpasswd = self.string(&mut t, "server.auth", "htpasswd");
+        let required = self.optional_bool(&mut t, "server.auth", "required");
+        let realm = self.optional_string(&mut t, "server.auth", "realm");
+        self.reject_unknown(&t, "server.auth");
+        Some(ServerAuth {
+            htpasswd: htpasswd?.into(),
+            required: required.unwrap_or(false),
+            realm: realm.unwrap_or_else(|| "regcache".to_owned()),
         })
     }
 

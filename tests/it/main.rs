@@ -4,6 +4,8 @@
 
 /// Bad input, read-only methods, _catalog, tags/list pagination.
 mod api;
+/// Client authentication: htpasswd (bcrypt) users, 401 before any upstream request, limits, reload, real clients with credentials.
+mod client_auth;
 /// Helpers for the fake-upstream tests (client, seeded image, data-dir checks).
 mod common;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary.
