@@ -102,6 +102,10 @@ pub struct UpstreamConfig {
     /// How this upstream is reached: trusted CAs, client certificate, proxy
     /// (`[upstream_defaults]` merged with the upstream's own keys).
     pub egress: Egress,
+    /// `repository:tag` that `regcache doctor` resolves and fetches a byte of
+    /// (`probe_image`; registry.k8s.io: `pause:3.10`, Docker Hub:
+    /// `library/busybox:latest`; none for others unless configured).
+    pub probe_image: Option<String>,
 }
 
 /// How regcache reaches an upstream and every host its redirects lead to.

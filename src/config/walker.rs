@@ -204,6 +204,7 @@ impl Walker {
             self.duration(&mut t, path, "connect_timeout", Duration::from_secs(10));
         let idle_timeout = self.duration(&mut t, path, "idle_timeout", Duration::from_secs(60));
         let credentials = self.credentials(&mut t, path, secrets);
+        let probe_image = self.optional_string(&mut t, path, "probe_image");
         let own_egress = self.egress_keys(&mut t, path, secrets);
         let egress = self.egress(own_egress, egress_defaults, path, secrets);
         self.reject_unknown(&t, path);
@@ -225,6 +226,7 @@ impl Walker {
             idle_timeout: idle_timeout?,
             credentials: credentials.ok()?,
             egress,
+            probe_image,
         })
     }
 
@@ -312,6 +314,9 @@ impl Walker {
             } else {
                 self.error("upstream", "one upstream needs default = true");
             }
+        }
+        for u in upstreams.iter_mut().filter(|u| u.probe_image.is_none()) {
+            u.probe_image = default_probe_image(u).map(str::to_owned);
         }
         for u in upstreams.iter_mut().filter(|u| u.is_docker_hub()) {
             for host in DOCKER_HUB_HOSTS {
@@ -541,6 +546,17 @@ fn docker_hub_pin(text: &str, upstreams: &[UpstreamConfig]) -> String {
         format!("{host}/library/{rest}")
     } else {
         text.to_owned()
+    }
+}
+
+/// The small image `regcache doctor` probes when `probe_image` is not set.
+fn default_probe_image(u: &UpstreamConfig) -> Option<&'static str> {
+    if u.answers_to("registry.k8s.io") {
+        Some("pause:3.10")
+    } else if u.is_docker_hub() {
+        Some("library/busybox:latest")
+    } else {
+        None
     }
 }
 

@@ -10,6 +10,8 @@ mod client_auth;
 mod common;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary.
 mod deploy;
+/// `regcache doctor`: the TLS chain through tinyproxy, hops and allowlist; a blocked storage host named.
+mod doctor;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
 mod evict;
 /// Upstream down/500, tag TTL, wrong bytes, cut bodies, crash mid-fill, peak RSS.
