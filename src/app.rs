@@ -67,7 +67,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let default = config.default_upstream();
     let counters = Arc::new(Counters::default());
-    let stats = StatsWriter::new(&config.data_dir, Arc::clone(&counters));
+    let seen_by = Arc::clone(&registry);
+    let stats = StatsWriter::new(&config.data_dir, Arc::clone(&counters))
+        .with_hosts(Arc::new(move || seen_by.upstream_hosts_seen()));
     // Written once before "listening": the file is there when the server is.
     stats
         .write()

@@ -62,6 +62,10 @@ pub struct Routed<'a> {
 pub(super) struct Routes(Vec<Route>);
 
 impl Routes {
+    pub(super) fn all(&self) -> &[Route] {
+        &self.0
+    }
+
     pub(super) fn new(routes: Vec<Route>) -> Self {
         assert!(!routes.is_empty(), "configuration guarantees an upstream");
         Self(routes)

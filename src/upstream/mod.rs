@@ -76,6 +76,9 @@ struct Inner {
     manifest_accept: HeaderValue,
     /// Every hop, for `regcache doctor` only ([`Upstream::traced`]).
     trace: Option<probe::Trace>,
+    /// Every `host:port` that answered (redirect targets and token services
+    /// included): what the egress allowlist must hold, for `regcache stats`.
+    hosts_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// One logical request: where it starts, how, and for which of our repositories.
@@ -147,6 +150,7 @@ impl Upstream {
             manifest_accept: HeaderValue::from_str(&media_type::ALL_MANIFESTS.join(", "))
                 .map_err(|_| Error::Protocol("manifest media types are not a header".into()))?,
             trace,
+            hosts_seen: Default::default(),
         };
         Ok(Upstream {
             inner: Arc::new(inner),
@@ -341,7 +345,32 @@ impl Upstream {
         if let Some(trace) = &self.inner.trace {
             trace.record(&call.method, url, started, result.as_ref());
         }
+        if result.is_ok() {
+            self.saw(url);
+        }
         result
+    }
+
+    fn saw(&self, url: &Url) {
+        let host = cause::host_port(url);
+        let mut seen = self
+            .inner
+            .hosts_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&host) {
+            seen.insert(host);
+        }
+    }
+
+    /// Every `host:port` this upstream's requests reached since start, sorted.
+    pub fn hosts_seen(&self) -> Vec<String> {
+        let seen = self
+            .inner
+            .hosts_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.iter().cloned().collect()
     }
 
     /// A failed hop's error; when a proxy refused the tunnel, with its answer.
@@ -389,6 +418,14 @@ impl Upstream {
             )
             .await?;
         state.granted.insert(origin, authorization);
+        // The token service answered: its host is part of the path too.
+        let realm = challenges
+            .iter()
+            .find_map(|c| c.param("realm"))
+            .and_then(|r| Url::parse(r).ok());
+        if let Some(realm) = realm {
+            self.saw(&realm);
+        }
         Ok(())
     }
 }

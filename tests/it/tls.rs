@@ -207,6 +207,7 @@ async fn pulls_through_a_proxy_that_allows_only_the_chain() {
     let extra = format!("{}\nproxy = \"{}\"", ca_line(&ca), proxy.url());
     let rc = regcache(&fake, &extra, "");
     pull(&rc, &image).await;
+    assert_stats_list_hosts(&rc, &hosts).await;
     for host in &hosts {
         assert!(
             proxy.saw_connect(host),
@@ -326,4 +327,31 @@ async fn a_proxy_demanding_credentials_gets_them_from_the_configuration() {
         !rc.log().contains("pr0xy-pw"),
         "the proxy password is never logged"
     );
+}
+
+/// `regcache stats` lists every `host:port` of `hosts` under the upstream
+/// (the running server writes them within a few seconds).
+async fn assert_stats_list_hosts(rc: &Regcache, hosts: &[String]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .arg("stats")
+            .arg("--data")
+            .arg(rc.data_dir())
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("registry.k8s.io:"));
+        if line.is_some_and(|l| hosts.iter().all(|h| l.contains(h.as_str()))) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hosts not in stats:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
