@@ -166,6 +166,10 @@ async fn the_htpasswd_file_is_reread_when_it_changes() {
         get_as(&url, "alice", "s3cret-pw").await.status,
         StatusCode::OK
     );
+    // A broken file: an error in the log, the users before it stay.
+    std::fs::write(&s.htpasswd, "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
+    s.rc.wait_for_log("htpasswd not reloaded");
+    assert_eq!(get_as(&url, "bob", "b0b-pw").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
