@@ -18,3 +18,4 @@ pub mod ops;
 pub mod registry;
 pub mod store;
 pub mod upstream;
+pub mod users;

@@ -6,6 +6,7 @@
 //! refused with an error in the log and the old one stays in use; at start the
 //! same problem stops regcache.
 //!
+//! Plain HTTP goes through [`PlainListener`] (TCP_NODELAY on every connection).
 //! It knows nothing of the registry API and never logs key material.
 
 use std::net::SocketAddr;
@@ -144,6 +145,46 @@ fn certified_key(files: &ServerTls) -> anyhow::Result<CertifiedKey> {
     })
 }
 
+/// Plain HTTP: TCP connections with `TCP_NODELAY` set.
+///
+/// TCP_NODELAY: a streamed body's first chunk comes from a blocking read, so
+/// hyper writes the headers alone first; with Nagle on, the body then waits
+/// for the client's delayed ACK (~40 ms per small blob: 424 requests/s
+/// instead of 36 000 on loopback, measured with wrk).
+#[derive(Debug)]
+pub struct PlainListener(pub TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, addr)) => {
+                    set_nodelay(&stream);
+                    return (stream, addr);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, as axum does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+fn set_nodelay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 /// Accepts TCP connections and hands out those whose TLS handshake
 /// succeeded. Each handshake runs in its own task, so a slow or failing
 /// client holds up nobody else.
@@ -189,10 +230,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        // See app::run on TCP_NODELAY.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
+        set_nodelay(&stream);
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -44,6 +44,11 @@ enum Command {
     /// REGCACHE_* environment variables, then flags).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Walk each upstream's pull path (DNS, /v2/, token, a probe image's
+    /// manifest, one byte of a blob through every redirect), print each hop
+    /// with its status, time and TLS issuer, then the egress allowlist; exit
+    /// status 1 with a diagnosis when a step fails.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +62,22 @@ enum ConfigCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    /// Configuration file (TOML), as for `serve`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Only this upstream (a name or alias).
+    #[arg(long, value_name = "NAME")]
+    upstream: Option<String>,
+    /// Probe this REPOSITORY:TAG instead of the upstream's `probe_image`.
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the operator commands find the data directory. They are safe to run
@@ -149,6 +170,7 @@ fn main() -> ExitCode {
         })),
         Command::Config(ConfigCommand::Show(args)) => show_config(&args),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
+        Command::Doctor(args) => doctor(args),
         Command::Verify(args) => match operate(&args, |rt, config, out| {
             rt.block_on(ops::verify::run(&config.data_dir, out))
         }) {
@@ -185,6 +207,40 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            eprintln!("regcache: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn doctor(args: DoctorArgs) -> ExitCode {
+    let config = match load_with(args.config.as_deref(), &Overrides::default()) {
+        Ok(loaded) => loaded.config,
+        Err(message) => {
+            eprintln!("regcache: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = ops::doctor::Options {
+        upstream: args.upstream,
+        image: args.image,
+        json: args.json,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("regcache: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(ops::doctor::run(&config, &options, &mut out)) {
+        Ok(report) if report.failed() => ExitCode::FAILURE,
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("regcache: {e:#}");
             ExitCode::FAILURE
         }

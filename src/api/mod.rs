@@ -7,6 +7,7 @@
 //! It never decides what is cached: that is `registry`'s job.
 
 mod access_log;
+pub mod auth;
 mod endpoint;
 mod error;
 mod handlers;
@@ -33,8 +34,13 @@ use crate::counters::Counters;
 use crate::registry::Registry;
 
 /// The router for `registry`: the health probes, and the registry API, where
-/// every finished request is logged and counted in `counters`.
-pub fn router(registry: Arc<Registry>, counters: Arc<Counters>) -> Router {
+/// every finished request is logged and counted in `counters`, behind `gate`
+/// if client authentication is configured.
+pub fn router(
+    registry: Arc<Registry>,
+    counters: Arc<Counters>,
+    gate: Option<Arc<auth::Gate>>,
+) -> Router {
     let probes = Router::new()
         .route(health::HEALTHZ, get(health::healthz))
         .route(health::READYZ, get(health::readyz))
@@ -45,6 +51,7 @@ pub fn router(registry: Arc<Registry>, counters: Arc<Counters>) -> Router {
         .route("/v2/{*rest}", any(dispatch))
         .fallback(|| async { ApiError::not_found() })
         .with_state(registry)
+        .layer(axum::middleware::from_fn_with_state(gate, auth::check))
         .layer(axum::middleware::from_fn_with_state(
             counters,
             access_log::log_requests,

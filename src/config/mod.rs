@@ -23,6 +23,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `[server.tls]`: serve HTTPS with this certificate; plain HTTP if None.
     pub tls: Option<ServerTls>,
+    /// `[server.auth]`: who may pull; everyone if None.
+    pub auth: Option<ServerAuth>,
     pub data_dir: PathBuf,
     /// At least one; exactly one has `default == true`.
     pub upstreams: Vec<UpstreamConfig>,
@@ -36,6 +38,17 @@ pub struct Config {
 pub struct ServerTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+}
+
+/// `[server.auth]`: client authentication against an htpasswd file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerAuth {
+    /// bcrypt entries, as `htpasswd -B` writes them.
+    pub htpasswd: PathBuf,
+    /// Refuse anonymous requests (otherwise only wrong credentials are refused).
+    pub required: bool,
+    /// The realm in `WWW-Authenticate`.
+    pub realm: String,
 }
 
 /// `[storage]`'s disk budget: how much committed content the cache keeps.
@@ -77,6 +90,10 @@ pub struct UpstreamConfig {
     /// How this upstream is reached: trusted CAs, client certificate, proxy
     /// (`[upstream_defaults]` merged with the upstream's own keys).
     pub egress: Egress,
+    /// `repository:tag` that `regcache doctor` resolves and fetches a byte of
+    /// (`probe_image`; registry.k8s.io: `pause:3.10`, Docker Hub:
+    /// `library/busybox:latest`; none for others unless configured).
+    pub probe_image: Option<String>,
 }
 
 /// How regcache reaches an upstream and every host its redirects lead to.

@@ -52,6 +52,7 @@ impl Walker {
             )
         });
         let tls = self.server_tls(&mut server);
+        let auth = self.server_auth(&mut server);
         self.reject_unknown(&server, "server");
         let data_dir = self
             .optional_string(&mut storage, "storage", "data_dir")
@@ -89,6 +90,7 @@ impl Walker {
         Some(Config {
             listen: listen?,
             tls,
+            auth,
             data_dir: data_dir?,
             upstreams,
             eviction: eviction?,
@@ -107,6 +109,23 @@ impl Walker {
         Some(ServerTls {
             cert_file: cert_file?.into(),
             key_file: key_file?.into(),
+        })
+    }
+
+    /// `[server.auth]`: `htpasswd` (required), `required`, `realm`.
+    fn server_auth(&mut self, server: &mut Table) -> Option<ServerAuth> {
+        if !server.contains_key("auth") {
+            return None;
+        }
+        let mut t = self.table(server, "server", "auth");
+        let htpasswd = self.string(&mut t, "server.auth", "htpasswd");
+        let required = self.optional_bool(&mut t, "server.auth", "required");
+        let realm = self.optional_string(&mut t, "server.auth", "realm");
+        self.reject_unknown(&t, "server.auth");
+        Some(ServerAuth {
+            htpasswd: htpasswd?.into(),
+            required: required.unwrap_or(false),
+            realm: realm.unwrap_or_else(|| "regcache".to_owned()),
         })
     }
 
@@ -187,6 +206,7 @@ impl Walker {
             self.duration(&mut t, path, "connect_timeout", Duration::from_secs(10));
         let idle_timeout = self.duration(&mut t, path, "idle_timeout", Duration::from_secs(60));
         let credentials = self.credentials(&mut t, path, secrets);
+        let probe_image = self.optional_string(&mut t, path, "probe_image");
         let own_egress = self.egress_keys(&mut t, path, secrets);
         let egress = self.egress(own_egress, egress_defaults, path, secrets);
         self.reject_unknown(&t, path);
@@ -208,6 +228,7 @@ impl Walker {
             idle_timeout: idle_timeout?,
             credentials: credentials.ok()?,
             egress,
+            probe_image,
         })
     }
 
@@ -295,6 +316,9 @@ impl Walker {
             } else {
                 self.error("upstream", "one upstream needs default = true");
             }
+        }
+        for u in upstreams.iter_mut().filter(|u| u.probe_image.is_none()) {
+            u.probe_image = default_probe_image(u).map(str::to_owned);
         }
         for u in upstreams.iter_mut().filter(|u| u.is_docker_hub()) {
             for host in DOCKER_HUB_HOSTS {
@@ -525,6 +549,17 @@ fn docker_hub_pin(text: &str, upstreams: &[UpstreamConfig]) -> String {
         format!("{host}/{}{tail}", crate::oci::docker_hub_name(repo))
     } else {
         text.to_owned()
+    }
+}
+
+/// The small image `regcache doctor` probes when `probe_image` is not set.
+fn default_probe_image(u: &UpstreamConfig) -> Option<&'static str> {
+    if u.answers_to("registry.k8s.io") {
+        Some("pause:3.10")
+    } else if u.is_docker_hub() {
+        Some("library/busybox:latest")
+    } else {
+        None
     }
 }
 

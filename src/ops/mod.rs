@@ -1,4 +1,5 @@
-//! Operator commands: `regcache ls`, `stats`, `gc` and `verify`, and the counters file a running server writes for
+//! Operator commands: `regcache ls`, `stats`, `gc` and `verify` (and `doctor`,
+//! which reads the configuration only and probes the upstreams), and the counters file a running server writes for
 //! `stats`. They are safe to run while `regcache serve` runs on the same data
 //! directory: they open the index with [`Index::open_existing`] (no creation, no
 //! migration; read-only for `ls` and `stats`, ordinary WAL write transactions
@@ -9,6 +10,7 @@
 //! code; `main` only parses arguments. Like `app`, this is a command layer, so
 //! its errors are `anyhow` with context.
 
+pub mod doctor;
 pub mod format;
 pub mod gc;
 pub mod ls;

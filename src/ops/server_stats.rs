@@ -25,16 +25,34 @@ pub struct ServerStats {
     pub started_at: u64,
     pub updated_at: u64,
     pub outcomes: BTreeMap<String, OutcomeCount>,
+    /// Per upstream, every `host:port` its requests reached (redirect
+    /// targets follow the server's egress address, so this is what a
+    /// firewall must allow). Absent in files of older servers.
+    #[serde(default)]
+    pub upstream_hosts: BTreeMap<String, Vec<String>>,
 }
 
+/// Where the hosts each upstream reached come from (the registry).
+pub type HostsSource = Arc<dyn Fn() -> BTreeMap<String, Vec<String>> + Send + Sync>;
+
 /// Writes the counters of this process to `<data>/server-stats.json`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StatsWriter {
     path: PathBuf,
     temp: PathBuf,
     pid: u32,
     started_at: u64,
     counters: Arc<Counters>,
+    hosts: Option<HostsSource>,
+}
+
+impl std::fmt::Debug for StatsWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsWriter")
+            .field("path", &self.path)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StatsWriter {
@@ -45,23 +63,34 @@ impl StatsWriter {
             pid: std::process::id(),
             started_at: unix_seconds(SystemTime::now()),
             counters,
+            hosts: None,
         }
+    }
+
+    /// Also writes the hosts each upstream reached, read from `hosts`.
+    pub fn with_hosts(mut self, hosts: HostsSource) -> Self {
+        self.hosts = Some(hosts);
+        self
+    }
+
+    fn hosts(&self) -> BTreeMap<String, Vec<String>> {
+        self.hosts.as_ref().map(|h| h()).unwrap_or_default()
     }
 
     /// Writes the file now (temp file, then rename over the old one).
     pub async fn write(&self) -> std::io::Result<()> {
-        self.write_snapshot(self.counters.snapshot()).await
+        self.write_snapshot((self.counters.snapshot(), self.hosts()))
+            .await
     }
 
-    async fn write_snapshot(
-        &self,
-        outcomes: BTreeMap<String, OutcomeCount>,
-    ) -> std::io::Result<()> {
+    async fn write_snapshot(&self, snapshot: Snapshot) -> std::io::Result<()> {
+        let (outcomes, upstream_hosts) = snapshot;
         let stats = ServerStats {
             pid: self.pid,
             started_at: self.started_at,
             updated_at: unix_seconds(SystemTime::now()),
             outcomes,
+            upstream_hosts,
         };
         let json = serde_json::to_vec_pretty(&stats).map_err(std::io::Error::other)?;
         tokio::fs::write(&self.temp, json).await?;
@@ -77,7 +106,7 @@ impl StatsWriter {
         let mut written = None;
         loop {
             ticker.tick().await;
-            let snapshot = self.counters.snapshot();
+            let snapshot = (self.counters.snapshot(), self.hosts());
             if written.as_ref() == Some(&snapshot) {
                 continue;
             }
@@ -90,6 +119,12 @@ impl StatsWriter {
         }
     }
 }
+
+/// What changes in the file: the counters and the hosts seen.
+type Snapshot = (
+    BTreeMap<String, OutcomeCount>,
+    BTreeMap<String, Vec<String>>,
+);
 
 /// What `stats` knows about the server on a data directory.
 #[derive(Clone, Debug, PartialEq, Eq)]

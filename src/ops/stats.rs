@@ -42,6 +42,8 @@ pub struct ServerInfo {
     pub started_at: u64,
     pub updated_at: u64,
     pub outcomes: BTreeMap<String, OutcomeCount>,
+    /// Per upstream, every `host:port` reached since the server started.
+    pub upstream_hosts: BTreeMap<String, Vec<String>>,
 }
 
 /// The configured size budget (`storage.max_size`).
@@ -68,6 +70,7 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
             started_at: s.started_at,
             updated_at: s.updated_at,
             outcomes: s.outcomes,
+            upstream_hosts: s.upstream_hosts,
         }),
         ServerState::NotRunning => None,
     };
@@ -153,7 +156,19 @@ fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
             human_size(count.bytes),
         ]);
     }
-    table.write(out)
+    table.write(out)?;
+    out.write_all(
+        b"\nhosts reached since its start (the egress allowlist; see regcache doctor):\n",
+    )?;
+    for (upstream, hosts) in &server.upstream_hosts {
+        let hosts = if hosts.is_empty() {
+            "-".to_owned()
+        } else {
+            hosts.join(" ")
+        };
+        writeln!(out, "  {upstream}: {hosts}")?;
+    }
+    Ok(())
 }
 
 fn unix_now() -> u64 {

@@ -79,6 +79,15 @@ impl Registry {
     }
 
     /// The disk budget's enforcer (load it before serving, spawn its task).
+    /// Each upstream's name and the `host:port`s its requests reached.
+    pub fn upstream_hosts_seen(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.routes
+            .all()
+            .iter()
+            .map(|r| (r.name().to_owned(), r.client.hosts_seen()))
+            .collect()
+    }
+
     pub fn evictor(&self) -> &Arc<Evictor> {
         self.local.evictor()
     }

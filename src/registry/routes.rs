@@ -64,6 +64,10 @@ pub struct Routed<'a> {
 pub(super) struct Routes(Vec<Route>);
 
 impl Routes {
+    pub(super) fn all(&self) -> &[Route] {
+        &self.0
+    }
+
     /// A route, with its client, for every configured upstream.
     pub(super) fn new(upstreams: &[UpstreamConfig]) -> Result<Self, crate::upstream::Error> {
         assert!(

@@ -12,6 +12,7 @@ mod auth;
 mod cause;
 mod challenge;
 mod error;
+mod probe;
 mod proxy;
 mod redirect;
 mod response;
@@ -34,6 +35,7 @@ use reqwest::{Method, StatusCode};
 use url::{Origin, Url};
 
 pub use error::{Cause, Error, Transport};
+pub use probe::{HopRecord, PROBE_TIMEOUT};
 pub use response::{ContentRange, Response};
 pub use resume::Continuation;
 pub use tls::CertificateRejected;
@@ -74,6 +76,11 @@ struct Inner {
     connect_timeout: Duration,
     auth: Authorizer,
     manifest_accept: HeaderValue,
+    /// Every hop, for `regcache doctor` only ([`Upstream::traced`]).
+    trace: Option<probe::Trace>,
+    /// Every `host:port` that answered (redirect targets and token services
+    /// included): what the egress allowlist must hold, for `regcache stats`.
+    hosts_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// One logical request: where it starts, how, and for which of our repositories.
@@ -105,6 +112,16 @@ impl Upstream {
     /// Builds the client for `config`. Installs rustls' ring crypto provider as
     /// the process default if no provider is installed yet.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, Error> {
+        Self::build(config, false)
+    }
+
+    /// Same, recording every hop with its status, time and TLS issuer
+    /// (read with [`Upstream::take_hops`]): what `regcache doctor` prints.
+    pub fn traced(config: &UpstreamConfig) -> Result<Upstream, Error> {
+        Self::build(config, true)
+    }
+
+    fn build(config: &UpstreamConfig, traced: bool) -> Result<Upstream, Error> {
         install_crypto_provider();
         if !matches!(config.url.scheme(), "http" | "https") || config.url.host_str().is_none() {
             return Err(Error::Protocol(format!(
@@ -122,17 +139,20 @@ impl Upstream {
             }
         }
         log_egress(config);
+        let trace = traced.then(probe::Trace::default);
         let inner = Inner {
             name: config.name.clone(),
             base: config.url.clone(),
             api_root,
             repo_prefix,
-            client: build_client(config)?,
+            client: build_client(config, trace.as_ref().map(|t| Arc::clone(&t.issuers)))?,
             proxies: config.egress.proxy.clone(),
             connect_timeout: config.connect_timeout,
             auth: Authorizer::new(config),
             manifest_accept: HeaderValue::from_str(&media_type::ALL_MANIFESTS.join(", "))
                 .map_err(|_| Error::Protocol("manifest media types are not a header".into()))?,
+            trace,
+            hosts_seen: Default::default(),
         };
         Ok(Upstream {
             inner: Arc::new(inner),
@@ -319,10 +339,40 @@ impl Upstream {
         if let Some(authorization) = authorization {
             request = self.inner.auth.apply(request, authorization);
         }
-        match request.send().await {
+        let started = std::time::Instant::now();
+        let result = match request.send().await {
             Ok(response) => Ok(response),
             Err(e) => Err(self.transport_error(e, url).await),
+        };
+        if let Some(trace) = &self.inner.trace {
+            trace.record(&call.method, url, started, result.as_ref());
         }
+        if result.is_ok() {
+            self.saw(url);
+        }
+        result
+    }
+
+    fn saw(&self, url: &Url) {
+        let host = cause::host_port(url);
+        let mut seen = self
+            .inner
+            .hosts_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&host) {
+            seen.insert(host);
+        }
+    }
+
+    /// Every `host:port` this upstream's requests reached since start, sorted.
+    pub fn hosts_seen(&self) -> Vec<String> {
+        let seen = self
+            .inner
+            .hosts_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.iter().cloned().collect()
     }
 
     /// A failed hop's error; when a proxy refused the tunnel, with its answer.
@@ -370,6 +420,14 @@ impl Upstream {
             )
             .await?;
         state.granted.insert(origin, authorization);
+        // The token service answered: its host is part of the path too.
+        let realm = challenges
+            .iter()
+            .find_map(|c| c.param("realm"))
+            .and_then(|r| Url::parse(r).ok());
+        if let Some(realm) = realm {
+            self.saw(&realm);
+        }
         Ok(())
     }
 }
@@ -384,11 +442,14 @@ fn finish(hop: Hop) -> Result<Response, Error> {
     }
 }
 
-fn build_client(config: &UpstreamConfig) -> Result<reqwest::Client, Error> {
+fn build_client(
+    config: &UpstreamConfig,
+    issuers: Option<Arc<tls::Issuers>>,
+) -> Result<reqwest::Client, Error> {
     let mut headers = HeaderMap::new();
     // Bytes must reach the hasher exactly as the upstream digested them.
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    let tls = tls::client_config(&config.egress)?;
+    let tls = tls::client_config(&config.egress, issuers)?;
     let builder = reqwest::Client::builder()
         // The same TLS and proxies for every hop of a redirect chain and for
         // token requests: all go through this one client.

@@ -198,6 +198,7 @@ pub(crate) fn config(url: &str) -> UpstreamConfig {
         idle_timeout: Duration::from_secs(5),
         credentials: None,
         egress: Default::default(),
+        probe_image: None,
     }
 }
 

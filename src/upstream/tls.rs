@@ -8,9 +8,10 @@
 //! and subject), carried as [`CertificateRejected`] inside rustls'
 //! `CertificateError::Other` so [`super::error`] can find it in the chain.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -22,8 +23,15 @@ use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore,
 use super::Error;
 use crate::config::Egress;
 
-/// The client TLS configuration for one upstream.
-pub(super) fn client_config(egress: &Egress) -> Result<rustls::ClientConfig, Error> {
+/// Issuer names of the certificates accepted, by server name (for `doctor`).
+pub(super) type Issuers = Mutex<HashMap<String, String>>;
+
+/// The client TLS configuration for one upstream; `issuers`, if given, learns
+/// the issuer of every certificate accepted.
+pub(super) fn client_config(
+    egress: &Egress,
+    issuers: Option<Arc<Issuers>>,
+) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     // Unreadable system certificates are skipped: a private CA in ca_file is
@@ -37,7 +45,7 @@ pub(super) fn client_config(egress: &Egress) -> Result<rustls::ClientConfig, Err
                 .map_err(|e| setup(format!("ca_file {}: {e}", path.display())))?;
         }
     }
-    let verifier = NamingVerifier::new(roots, Arc::clone(&provider))?;
+    let verifier = NamingVerifier::new(roots, Arc::clone(&provider), issuers)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| setup(format!("TLS versions: {e}")))?
@@ -92,10 +100,15 @@ struct NamingVerifier {
     /// every certificate is then untrusted.
     inner: Option<Arc<WebPkiServerVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
+    issuers: Option<Arc<Issuers>>,
 }
 
 impl NamingVerifier {
-    fn new(roots: RootCertStore, provider: Arc<CryptoProvider>) -> Result<Self, Error> {
+    fn new(
+        roots: RootCertStore,
+        provider: Arc<CryptoProvider>,
+        issuers: Option<Arc<Issuers>>,
+    ) -> Result<Self, Error> {
         let algorithms = provider.signature_verification_algorithms;
         let inner = if roots.is_empty() {
             None
@@ -105,7 +118,11 @@ impl NamingVerifier {
                 .map_err(|e| setup(format!("TLS verifier: {e}")))?;
             Some(verifier)
         };
-        Ok(Self { inner, algorithms })
+        Ok(Self {
+            inner,
+            algorithms,
+            issuers,
+        })
     }
 }
 
@@ -126,6 +143,12 @@ impl ServerCertVerifier for NamingVerifier {
                 CertificateError::UnknownIssuer,
             )),
         };
+        if let (Ok(_), Some(issuers)) = (&result, &self.issuers) {
+            if let Some(issuer) = issuer_of(end_entity) {
+                let mut issuers = issuers.lock().unwrap_or_else(|e| e.into_inner());
+                issuers.insert(server_name.to_str().into_owned(), issuer);
+            }
+        }
         result.map_err(|e| match e {
             rustls::Error::InvalidCertificate(cause) => {
                 let rejected = CertificateRejected::new(cause, end_entity, server_name);
@@ -198,6 +221,13 @@ impl fmt::Display for CertificateRejected {
 }
 
 impl std::error::Error for CertificateRejected {}
+
+/// The issuer name of a DER certificate (`CN=..., O=...`).
+pub(super) fn issuer_of(der: &[u8]) -> Option<String> {
+    let cert = CertificateDer::from(der);
+    let parsed = webpki::EndEntityCert::try_from(&cert).ok()?;
+    dn::describe(parsed.issuer())
+}
 
 /// Just enough DER to print an X.509 `Name` as `CN=..., O=...`: the
 /// attributes an operator recognises, nothing else. (No X.509 crate is in the

@@ -4,12 +4,16 @@
 
 /// Bad input, read-only methods, _catalog, tags/list pagination.
 mod api;
+/// Client authentication: htpasswd (bcrypt) users, 401 before any upstream request, limits, reload, real clients with credentials.
+mod client_auth;
 /// Configuration layers through the binary: flags over a partial file, REGCACHE_* variables, `config show` and `config check`.
 mod config_cli;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
 mod deploy;
 /// Docker Engine (dockerd) pulling Docker Hub names through regcache as its registry mirror, from docker-registry and the k8s-like fake.
 mod docker_engine;
+/// `regcache doctor`: the TLS chain through tinyproxy, hops and allowlist; a blocked storage host named.
+mod doctor;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
 mod evict;
 /// Upstream down/500, tag TTL, wrong bytes, cut bodies, crash mid-fill, peak RSS.

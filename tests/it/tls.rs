@@ -3,8 +3,10 @@
 //! on 127.0.0.1/.2/.3 with a CA made for the test, over HTTP/2 and over
 //! HTTP/1.1; certificates that are untrusted, for another address, or expired,
 //! each failing with a cause an operator can act on; an upstream that demands
-//! a client certificate; and Debian's tinyproxy allowing CONNECT only to the
-//! chain's hosts, configured in the file or through `HTTPS_PROXY`.
+//! a client certificate; an upstream that never finishes its handshake (504);
+//! and Debian's tinyproxy allowing CONNECT only to the chain's hosts,
+//! configured in the file or through `HTTPS_PROXY`, with and without the
+//! credentials it demands.
 
 use reqwest::StatusCode;
 
@@ -206,6 +208,7 @@ async fn pulls_through_a_proxy_that_allows_only_the_chain() {
     let extra = format!("{}\nproxy = \"{}\"", ca_line(&ca), proxy.url());
     let rc = regcache(&fake, &extra, "");
     pull(&rc, &image).await;
+    assert_stats_list_hosts(&rc, &hosts).await;
     for host in &hosts {
         assert!(
             proxy.saw_connect(host),
@@ -274,4 +277,83 @@ async fn a_storage_host_missing_from_the_proxy_acl_is_named() {
     assert_eq!(fake.hits_on(Host::Storage, http::Method::GET, "/"), 0);
     // The access log line is written when the response has ended.
     rc.wait_for_log(&storage);
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_finishes_the_handshake_is_a_504_timeout() {
+    // Accepts TCP connections and holds them, silent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&held);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let config = config_toml_with(&format!("https://{addr}"), "5m", "30s", "proxy = \"none\"");
+    let rc = Regcache::builder().config_toml(config).start();
+    let got = get(&format!("{}/v2/pause/manifests/3.10", rc.url())).await;
+    got.assert_oci_error(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE");
+    let text = String::from_utf8_lossy(&got.body);
+    assert!(
+        text.contains(&format!("connecting to {addr} timed out")),
+        "{text}"
+    );
+    assert!(!held.lock().unwrap().is_empty(), "the connection was made");
+}
+
+#[tokio::test]
+async fn a_proxy_demanding_credentials_gets_them_from_the_configuration() {
+    let ca = TestCa::new("proxy-auth");
+    let (fake, image) = tls_chain(&ca, Alpn::H2);
+    let proxy = Tinyproxy::start_with_auth(&chain_hosts(&fake), "regcache", "pr0xy-pw");
+
+    let without = format!("{}\nproxy = \"{}\"", ca_line(&ca), proxy.url());
+    let rc = regcache(&fake, &without, "");
+    let (status, message) = manifest_error(&rc, &image).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
+    assert!(message.contains("the proxy wants credentials"), "{message}");
+    drop(rc);
+
+    let with = format!(
+        "{without}\nproxy_username = \"regcache\"\nproxy_password_env = \"TEST_PROXY_PASSWORD\""
+    );
+    let config = config_toml_with(&fake.url(), "5m", "30s", &with);
+    let rc = Regcache::builder()
+        .config_toml(config)
+        .env("TEST_PROXY_PASSWORD", "pr0xy-pw")
+        .start();
+    pull(&rc, &image).await;
+    assert!(
+        !rc.log().contains("pr0xy-pw"),
+        "the proxy password is never logged"
+    );
+}
+
+/// `regcache stats` lists every `host:port` of `hosts` under the upstream
+/// (the running server writes them within a few seconds).
+async fn assert_stats_list_hosts(rc: &Regcache, hosts: &[String]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .arg("stats")
+            .arg("--data")
+            .arg(rc.data_dir())
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("registry.k8s.io:"));
+        if line.is_some_and(|l| hosts.iter().all(|h| l.contains(h.as_str()))) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hosts not in stats:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }

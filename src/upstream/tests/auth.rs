@@ -213,3 +213,35 @@ async fn invalid_token_earns_exactly_one_more_fetch() {
     assert!(matches!(err, Error::Denied { status: 401 }), "{err:?}");
     assert_eq!(d.hits(), 1, "a second 401 without invalid_token is final");
 }
+
+#[tokio::test]
+async fn doctor_probes_record_ping_token_and_every_hop_of_the_chain() {
+    let realm = Fake::start(|_| body("application/json", r#"{"token":"t"}"#)).await;
+    let realm_url = realm.url("/token");
+    let registry = Fake::start(move |seen| {
+        if seen.path == "/v2/" {
+            return challenge(&format!(r#"Bearer realm="{realm_url}",service="svc""#));
+        }
+        status(404)
+    })
+    .await;
+    let upstream = Upstream::traced(&config(&registry.url(""))).unwrap();
+    let (status, challenge) = upstream.ping().await.unwrap();
+    assert_eq!(status.as_u16(), 401);
+    let challenge = challenge.expect("a challenge");
+    let token = upstream.probe_token(&challenge).await.expect("Bearer");
+    assert_eq!(token.unwrap().as_u16(), 200);
+    assert_eq!(realm.seen()[0].query, "service=svc");
+    let hops = upstream.take_hops();
+    let statuses: Vec<_> = hops.iter().map(|h| h.status).collect();
+    assert_eq!(statuses, [Some(401), Some(200)], "{hops:?}");
+    assert_eq!(hops[1].url, realm.url("/token"), "no query in the record");
+    assert!(upstream.take_hops().is_empty(), "taken once");
+    let untraced = Upstream::new(&config(&registry.url(""))).unwrap();
+    untraced.ping().await.unwrap();
+    assert!(untraced.take_hops().is_empty());
+    assert_eq!(
+        untraced.hosts_seen(),
+        [registry.url("").trim_start_matches("http://").to_owned()]
+    );
+}

@@ -213,23 +213,64 @@ pub fn pull_over_tls(
     reference: &str,
     platforms: Platforms,
 ) -> Result<Stored, String> {
-    let mut conf = ContainersConfig::with_registries_conf(&registries_conf_tls(mirror));
-    let cert_dir = trust.cert_dir().display().to_string();
+    pull_with_credentials(
+        client,
+        mirror,
+        Some(trust),
+        None,
+        image,
+        reference,
+        platforms,
+    )
+}
+
+/// Pulls through regcache at `mirror`, over HTTPS trusting `trust` if given
+/// (else plain HTTP), with `user:password` given to the client if any (an
+/// auth.json for skopeo `--src-authfile` and podman `--authfile`, ctr `--user`).
+pub fn pull_with_credentials(
+    client: Client,
+    mirror: &str,
+    trust: Option<&TlsTrust>,
+    credentials: Option<&str>,
+    image: &Image,
+    reference: &str,
+    platforms: Platforms,
+) -> Result<Stored, String> {
+    let registries = match trust {
+        Some(_) => registries_conf_tls(mirror),
+        None => registries_conf(mirror),
+    };
+    let mut conf = ContainersConfig::with_registries_conf(&registries);
+    let (cert_flag, authfile_flag) = match client {
+        Client::Skopeo => ("--src-cert-dir", "--src-authfile"),
+        _ => ("--cert-dir", "--authfile"),
+    };
+    if let Some(trust) = trust {
+        conf.pull_args.push(cert_flag.into());
+        conf.pull_args.push(trust.cert_dir().display().to_string());
+    }
+    // A mirror's credentials come from the auth file, by the mirror's host
+    // (`--creds` is for the image's own registry).
+    if let Some(credentials) = credentials {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(credentials);
+        let json = format!(r#"{{"auths":{{"{mirror}":{{"auth":"{auth}"}}}}}}"#);
+        write(&conf.path("auth.json"), &json);
+        conf.pull_args.push(authfile_flag.into());
+        conf.pull_args
+            .push(conf.path("auth.json").display().to_string());
+    }
     match client {
-        Client::Skopeo => {
-            conf.pull_args = vec!["--src-cert-dir".into(), cert_dir];
-            skopeo_copy_in(&conf, reference, platforms)
-        }
-        Client::Podman => {
-            conf.pull_args = vec!["--cert-dir".into(), cert_dir];
-            podman_pull_in(&conf, image, reference, platforms)
-        }
+        Client::Skopeo => skopeo_copy_in(&conf, reference, platforms),
+        Client::Podman => podman_pull_in(&conf, image, reference, platforms),
         Client::Containerd => {
-            let hosts = [(
-                REGISTRY.to_string(),
-                hosts_toml_tls(mirror, &trust.ca_file()),
-            )];
-            containerd_pull_with_hosts(&hosts, reference, platforms)
+            let hosts_toml = match trust {
+                Some(trust) => hosts_toml_tls(mirror, &trust.ca_file()),
+                None => hosts_toml(mirror),
+            };
+            let hosts = [(REGISTRY.to_string(), hosts_toml)];
+            let user = credentials.map(|c| vec!["--user".to_owned(), c.to_owned()]);
+            containerd_pull_with_hosts_args(&hosts, reference, platforms, &user.unwrap_or_default())
         }
     }
 }
@@ -493,8 +534,18 @@ pub fn containerd_pull_with_hosts(
     reference: &str,
     platforms: Platforms,
 ) -> Result<Stored, String> {
+    containerd_pull_with_hosts_args(hosts, reference, platforms, &[])
+}
+
+/// [`containerd_pull_with_hosts`] with extra `ctr images pull` flags (`--user`).
+pub fn containerd_pull_with_hosts_args(
+    hosts: &[(String, String)],
+    reference: &str,
+    platforms: Platforms,
+    pull_args: &[String],
+) -> Result<Stored, String> {
     let containerd = Containerd::start()?;
-    let result = containerd_pull_with(&containerd, hosts, reference, platforms);
+    let result = containerd_pull_with(&containerd, hosts, reference, platforms, pull_args);
     result.map_err(|e| format!("{e}\ncontainerd log:\n{}", tail(&containerd.log(), 30)))
 }
 
@@ -503,6 +554,7 @@ fn containerd_pull_with(
     hosts_files: &[(String, String)],
     reference: &str,
     platforms: Platforms,
+    pull_args: &[String],
 ) -> Result<Stored, String> {
     let hosts = containerd.dir.path().join("hosts");
     for (host, text) in hosts_files {
@@ -510,7 +562,8 @@ fn containerd_pull_with(
     }
     let mut pull = containerd.ctr();
     pull.args(["images", "pull", "--snapshotter", "native", "--hosts-dir"])
-        .arg(&hosts);
+        .arg(&hosts)
+        .args(pull_args);
     match platforms {
         Platforms::All => pull.arg("--all-platforms"),
         Platforms::One(arch) => pull.arg("--platform").arg(format!("linux/{arch}")),

@@ -41,13 +41,28 @@ impl Tinyproxy {
         Self::start_with_ports(allowed, &ports)
     }
 
+    /// Same as [`Tinyproxy::start`], demanding `user`/`password` (`BasicAuth`:
+    /// 407 without them).
+    pub fn start_with_auth(allowed: &[String], user: &str, password: &str) -> Tinyproxy {
+        let ports: Vec<u16> = allowed
+            .iter()
+            .filter_map(|hp| hp.rsplit_once(':')?.1.parse().ok())
+            .collect();
+        let auth = format!("BasicAuth {user} {password}\n");
+        Self::start_inner(allowed, &ports, &auth)
+    }
+
     /// Same, with the hosts of `allowed` in the filter but `CONNECT` allowed
     /// to every port in `ports` (so a host missing from the filter is refused
     /// by the filter, "403 Filtered", not by its port).
     pub fn start_with_ports(allowed: &[String], ports: &[u16]) -> Tinyproxy {
+        Self::start_inner(allowed, ports, "")
+    }
+
+    fn start_inner(allowed: &[String], ports: &[u16], extra: &str) -> Tinyproxy {
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(allowed, ports) {
+            match Self::try_start(allowed, ports, extra) {
                 Ok(proxy) => return proxy,
                 Err(e) => last_error = e,
             }
@@ -55,12 +70,12 @@ impl Tinyproxy {
         panic!("{last_error}");
     }
 
-    fn try_start(allowed: &[String], ports: &[u16]) -> Result<Tinyproxy, String> {
+    fn try_start(allowed: &[String], ports: &[u16], extra: &str) -> Result<Tinyproxy, String> {
         let dir = tempfile::tempdir().expect("tinyproxy dir");
         let port = free_port();
         let filter_path = dir.path().join("filter");
         std::fs::write(&filter_path, filter(allowed)).expect("write filter");
-        let conf = conf(port, &filter_path.display().to_string(), ports);
+        let conf = conf(port, &filter_path.display().to_string(), ports) + extra;
         let conf_path = dir.path().join("tinyproxy.conf");
         std::fs::write(&conf_path, &conf).expect("write tinyproxy.conf");
         let mut child = Command::new("tinyproxy")
