@@ -14,5 +14,6 @@ pub mod index;
 pub mod oci;
 pub mod ops;
 pub mod registry;
+pub mod scan;
 pub mod store;
 pub mod upstream;

@@ -40,6 +40,32 @@ enum Command {
     /// Re-hash every cached file; report and remove corrupt ones (exit status 1
     /// if any were found).
     Verify(DataArgs),
+    /// Find image references in manifests, Helm charts (also packaged),
+    /// kustomizations, Dockerfiles, compose files and JSON; report those naming
+    /// a frozen registry (k8s.gcr.io, more in `[scan]`) with their replacement.
+    /// Exit status 1 when frozen references were found and not fixed.
+    Scan(ScanArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ScanArgs {
+    /// Files and directories to scan (directories recursively, hidden ones skipped).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Rewrite the frozen registry host in place (only those bytes); templates,
+    /// unparseable files and packaged charts are reported, never touched.
+    #[arg(long)]
+    fix: bool,
+    /// Print the unique normalized references, one per line (the input of
+    /// `regcache prefetch`); frozen ones as their replacement.
+    #[arg(long, conflicts_with = "json")]
+    list: bool,
+    /// Print a JSON object (findings, skipped files, frozen_left).
+    #[arg(long)]
+    json: bool,
+    /// Configuration file whose `[scan] frozen` adds frozen registries.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// Where the operator commands find the data directory. They are safe to run
@@ -130,6 +156,7 @@ fn main() -> ExitCode {
         Command::Gc(args) => done(operate(&args.data, |rt, config, out| {
             rt.block_on(ops::gc::run(config, args.to, out)).map(drop)
         })),
+        Command::Scan(args) => scan(&args),
         Command::Verify(args) => match operate(&args, |rt, config, out| {
             rt.block_on(ops::verify::run(&config.data_dir, out))
         }) {
@@ -169,6 +196,45 @@ fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("regcache: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `regcache scan`: 0 when no frozen reference is left, 1 when some are, 2
+/// when the configuration or a path cannot be read.
+fn scan(args: &ScanArgs) -> ExitCode {
+    let config = match load_with(args.config.as_deref(), &Overrides::default()) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("regcache: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let frozen = regcache::scan::Frozen::new(&config.scan.frozen);
+    let result = match regcache::scan::scan(&args.paths, &frozen, args.fix) {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("regcache: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = if args.list {
+        regcache::scan::write_list(&result, &mut out)
+    } else if args.json {
+        regcache::scan::write_json(&result, &mut out)
+    } else {
+        regcache::scan::write_text(&result, &mut out)
+    };
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("regcache: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if result.frozen_left() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -6,10 +6,12 @@
 //! store path is derived from a [`Digest`] alone, so no request can name a path.
 
 mod digest;
+mod image_ref;
 mod name;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use image_ref::{DOCKER_HUB_HOSTS, ImageRef, ImageRefError, docker_hub_name, looks_like_host};
 pub use name::{NameError, RepoName};
 pub use reference::{Reference, ReferenceError, Tag, TagError};
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::Error;
 use crate::config::UpstreamConfig;
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, RepoName, docker_hub_name, looks_like_host};
 use crate::upstream::Upstream;
 
 /// One configured upstream and its client.
@@ -117,23 +117,6 @@ fn split_prefix(name: &RepoName) -> Option<(&str, RepoName)> {
     let (first, rest) = name.as_str().split_once('/')?;
     // A suffix of a valid name is a valid name.
     Some((first, rest.parse().ok()?))
-}
-
-/// Docker's rule for the first component of an image reference: a registry
-/// host has a `.` (or a `:port`, which a repository name cannot hold) or is
-/// `localhost`.
-fn looks_like_host(component: &str) -> bool {
-    component.contains('.') || component == "localhost"
-}
-
-/// Docker Hub keeps official images under `library/`: `alpine` is `library/alpine`.
-fn docker_hub_name(repo: RepoName) -> RepoName {
-    if repo.as_str().contains('/') {
-        return repo;
-    }
-    format!("library/{repo}")
-        .parse()
-        .expect("library/ and a valid component form a valid name")
 }
 
 #[cfg(test)]

@@ -30,4 +30,6 @@ mod routing;
 mod routing_interop;
 /// Scale-out shapes: replicas behind nginx's consistent hash, edge and regional tiers.
 mod scaleout;
+/// `regcache scan` over the fixture tree: references with lines, --list, --json, exit status, --fix diffs.
+mod scan;
 mod support;
