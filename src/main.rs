@@ -45,6 +45,29 @@ enum Command {
     /// a frozen registry (k8s.gcr.io, more in `[scan]`) with their replacement.
     /// Exit status 1 when frozen references were found and not fixed.
     Scan(ScanArgs),
+    /// Pull images through a running regcache (manifests, the selected
+    /// platforms, every blob, each checked against its digest) so they are
+    /// cached before nodes need them. Reads references one per line from FILE
+    /// or stdin (`scan --list` output, or kubectl's `sort | uniq -c` output).
+    /// Exit status 1 if any image failed.
+    Prefetch(PrefetchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PrefetchArgs {
+    /// The running regcache to pull through.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
+    server: Url,
+    /// Requests (and images) in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Platforms to take from a multi-platform image (default: all), e.g.
+    /// linux/amd64,linux/arm64.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT],...", value_delimiter = ',')]
+    platform: Vec<regcache::oci::Platform>,
+    /// File of references; `-` or none reads stdin.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,6 +180,7 @@ fn main() -> ExitCode {
             rt.block_on(ops::gc::run(config, args.to, out)).map(drop)
         })),
         Command::Scan(args) => scan(&args),
+        Command::Prefetch(args) => prefetch(args),
         Command::Verify(args) => match operate(&args, |rt, config, out| {
             rt.block_on(ops::verify::run(&config.data_dir, out))
         }) {
@@ -235,6 +259,62 @@ fn scan(args: &ScanArgs) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `regcache prefetch`: 0 when every image was pulled, 1 when an image failed
+/// or a line was not a reference, 2 when the input cannot be read.
+fn prefetch(args: PrefetchArgs) -> ExitCode {
+    use regcache::ops::prefetch;
+    let text = match &args.file {
+        Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        _ => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}")),
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(message) => {
+            eprintln!("regcache: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (images, bad) = prefetch::references(&text);
+    for line in &bad {
+        eprintln!(
+            "regcache: line {}: {:?} is not an image reference: {}",
+            line.line, line.text, line.reason
+        );
+    }
+    let options = prefetch::Options {
+        server: args.server,
+        concurrency: usize::from(args.concurrency),
+        platforms: args.platform,
+    };
+    let bars = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = prefetch::Progress::new(images.len(), bars);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("regcache: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(prefetch::run(images, &options, &progress)) {
+        Ok(summary) => {
+            println!("{}", summary.render());
+            if summary.failed.is_empty() && bad.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("regcache: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -7,11 +7,13 @@
 
 mod digest;
 mod image_ref;
+mod manifest;
 mod name;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use image_ref::{DOCKER_HUB_HOSTS, ImageRef, ImageRefError, docker_hub_name, looks_like_host};
+pub use manifest::{Descriptor, ManifestError, Platform, References, references};
 pub use name::{NameError, RepoName};
 pub use reference::{Reference, ReferenceError, Tag, TagError};
 

@@ -1,5 +1,5 @@
 //! Operator commands: `regcache ls`, `stats`, `gc` and `verify`, and the counters file a running server writes for
-//! `stats`. They are safe to run while `regcache serve` runs on the same data
+//! `stats`; and `prefetch`, which only talks HTTP to a running server. They are safe to run while `regcache serve` runs on the same data
 //! directory: they open the index with [`Index::open_existing`] (no creation, no
 //! migration; read-only for `ls` and `stats`, ordinary WAL write transactions
 //! with a busy timeout for `verify` and `gc`) and the store with [`Store::attach`] (which,
@@ -12,6 +12,7 @@
 pub mod format;
 pub mod gc;
 pub mod ls;
+pub mod prefetch;
 pub mod server_stats;
 pub mod stats;
 pub mod verify;

@@ -20,6 +20,8 @@ mod interop;
 mod ops;
 /// The Dockerfile copies what the build reads; the image runs `serve` unprivileged.
 mod packaging;
+/// `regcache prefetch` through regcache from the k8s-like fake and docker-registry: blobs fetched once, offline pulls, platforms, failures.
+mod prefetch;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
 /// Fills resumed with a Range request after a cut upstream body; permanent cuts.

@@ -14,3 +14,5 @@ pub mod images;
 /// Debian's nginx in front of regcache replicas, on a generated nginx.conf.
 pub mod nginx;
 pub mod regcache;
+/// One upstream of either kind (docker-registry or the k8s-like fake): seed, count blob fetches, stop.
+pub mod upstream;

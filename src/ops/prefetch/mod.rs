@@ -1,0 +1,211 @@
+//! `regcache prefetch`: pulls a list of images through a running regcache
+//! over HTTP, as a node would, so they are cached before nodes need them:
+//! each image's manifest, for an index the manifests of the selected
+//! platforms, and every blob, hashed and checked, then discarded. At most
+//! `concurrency` requests are in flight at once (and as many images).
+//!
+//! It never touches the data directory; everything goes through the server,
+//! so routing, single flight, pins and the budget apply as for any client.
+
+mod input;
+mod mirror;
+mod progress;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use futures_util::StreamExt as _;
+use tokio::sync::Semaphore;
+use url::Url;
+
+use crate::oci::{Descriptor, ImageRef, Platform, References};
+use crate::ops::format::human_size;
+pub use input::{BadLine, references};
+use mirror::Mirror;
+pub use progress::Progress;
+
+/// How to prefetch.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The regcache to pull through (`http://127.0.0.1:5000`).
+    pub server: Url,
+    /// Requests (and images) in flight at once; at least 1.
+    pub concurrency: usize,
+    /// Platforms to take from an index; empty for all.
+    pub platforms: Vec<Platform>,
+}
+
+/// What one image took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pulled {
+    pub manifests: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub images: usize,
+    pub pulled: Pulled,
+    /// `(reference, cause)` of every image that failed.
+    pub failed: Vec<(String, String)>,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// `prefetched N of M images: ...` and one line per failure.
+    pub fn render(&self) -> String {
+        let seconds = self.elapsed.as_secs_f64().max(0.001);
+        let mut text = format!(
+            "prefetched {} of {} images: {} manifests, {} blobs, {} in {:.1}s ({}/s)",
+            self.images - self.failed.len(),
+            self.images,
+            self.pulled.manifests,
+            self.pulled.blobs,
+            human_size(self.pulled.bytes),
+            seconds,
+            human_size((self.pulled.bytes as f64 / seconds) as u64),
+        );
+        for (reference, cause) in &self.failed {
+            text.push_str(&format!("\nfailed: {reference}: {cause}"));
+        }
+        text
+    }
+}
+
+/// Pulls every image in `images` through `options.server`.
+pub async fn run(
+    images: Vec<ImageRef>,
+    options: &Options,
+    progress: &Progress,
+) -> anyhow::Result<Summary> {
+    let mirror = Mirror::new(options.server.clone())?;
+    let concurrency = options.concurrency.max(1);
+    let requests = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut summary = Summary {
+        images: images.len(),
+        ..Summary::default()
+    };
+    let mut results = futures_util::stream::iter(images)
+        .map(|image| {
+            let (mirror, requests) = (&mirror, requests.clone());
+            async move {
+                let name = image.normalized();
+                let bar = progress.image(&name);
+                let began = Instant::now();
+                let result = pull_image(mirror, &image, options, &requests, &bar).await;
+                progress.finished(bar, &finished_line(&name, &result, began.elapsed()));
+                (name, result)
+            }
+        })
+        .buffer_unordered(concurrency);
+    while let Some((name, result)) = results.next().await {
+        match result {
+            Ok(pulled) => {
+                summary.pulled.manifests += pulled.manifests;
+                summary.pulled.blobs += pulled.blobs;
+                summary.pulled.bytes += pulled.bytes;
+            }
+            Err(e) => summary.failed.push((name, format!("{e:#}"))),
+        }
+    }
+    summary.elapsed = started.elapsed();
+    progress.clear();
+    Ok(summary)
+}
+
+fn finished_line(name: &str, result: &anyhow::Result<Pulled>, took: Duration) -> String {
+    match result {
+        Ok(p) => format!(
+            "ok      {name}  {} manifests, {} blobs, {} in {:.1}s",
+            p.manifests,
+            p.blobs,
+            human_size(p.bytes),
+            took.as_secs_f64()
+        ),
+        Err(e) => format!("FAILED  {name}  {e:#}"),
+    }
+}
+
+/// The manifest, the selected platforms' manifests, then every blob.
+async fn pull_image(
+    mirror: &Mirror,
+    image: &ImageRef,
+    options: &Options,
+    requests: &Semaphore,
+    bar: &progress::ImageBar,
+) -> anyhow::Result<Pulled> {
+    let mut pulled = Pulled::default();
+    let reference = match (&image.digest, &image.tag) {
+        (Some(digest), _) => digest.to_string(),
+        (None, Some(tag)) => tag.to_string(),
+        (None, None) => "latest".to_owned(),
+    };
+    let top = {
+        let _permit = requests.acquire().await?;
+        mirror
+            .manifest(image, &reference, image.digest.as_ref())
+            .await?
+    };
+    pulled.manifests += 1;
+    let blobs = match crate::oci::references(&top)? {
+        References::Image(blobs) => blobs,
+        References::Index(children) => {
+            let children = select(children, &options.platforms)?;
+            let mut blobs = Vec::new();
+            for child in children {
+                let _permit = requests.acquire().await?;
+                let fetched = mirror
+                    .manifest(image, &child.digest.to_string(), Some(&child.digest))
+                    .await?;
+                pulled.manifests += 1;
+                match crate::oci::references(&fetched)? {
+                    References::Image(child_blobs) => blobs.extend(child_blobs),
+                    References::Index(_) => bail!("{}: an index inside an index", child.digest),
+                }
+            }
+            blobs
+        }
+    };
+    let mut seen = HashSet::new();
+    let blobs: Vec<Descriptor> = blobs
+        .into_iter()
+        .filter(|b| seen.insert(b.digest.clone()))
+        .collect();
+    bar.add_length(blobs.iter().filter_map(|b| b.size).sum(), blobs.len());
+    let mut fetches = futures_util::stream::iter(&blobs)
+        .map(|blob| async move {
+            let _permit = requests.acquire().await?;
+            mirror.blob(image, blob, |n| bar.inc(n)).await
+        })
+        .buffer_unordered(options.concurrency.max(1));
+    while let Some(size) = fetches.next().await {
+        pulled.bytes += size?;
+        pulled.blobs += 1;
+    }
+    Ok(pulled)
+}
+
+/// The index entries for `platforms` (all of them when none are given).
+fn select(children: Vec<Descriptor>, platforms: &[Platform]) -> anyhow::Result<Vec<Descriptor>> {
+    if platforms.is_empty() {
+        return Ok(children);
+    }
+    let selected: Vec<Descriptor> = children
+        .into_iter()
+        .filter(|c| {
+            c.platform
+                .as_ref()
+                .is_some_and(|p| platforms.iter().any(|want| want.selects(p)))
+        })
+        .collect();
+    if selected.is_empty() {
+        let wanted: Vec<String> = platforms.iter().map(Platform::to_string).collect();
+        bail!("the index has no manifest for {}", wanted.join(", "));
+    }
+    Ok(selected)
+}
