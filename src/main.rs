@@ -51,6 +51,35 @@ enum Command {
     /// or stdin (`scan --list` output, or kubectl's `sort | uniq -c` output).
     /// Exit status 1 if any image failed.
     Prefetch(PrefetchArgs),
+    /// Write cached images (default: every tagged image) as an OCI image
+    /// layout, to a directory or, for a name ending in .tar, a tar file.
+    Export(ExportArgs),
+    /// Read an OCI image layout (directory or tar, e.g. from `export` or
+    /// `skopeo copy ... oci:DIR:NAME`) into the cache, every digest checked;
+    /// all or nothing per image. Exit status 1 if any image was refused.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to write: a directory, or a file ending in .tar.
+    #[arg(long, value_name = "DIR|FILE.tar")]
+    out: PathBuf,
+    /// Images to export, in the pin syntax: <upstream>/<repository glob>[:<tag glob>]
+    /// (e.g. registry.k8s.io/pause:*). Default: every tagged image.
+    #[arg(value_name = "PATTERN")]
+    patterns: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The layout: a directory, or a tar file (gzip-compressed or not).
+    #[arg(value_name = "DIR|FILE.tar")]
+    source: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,6 +210,17 @@ fn main() -> ExitCode {
         })),
         Command::Scan(args) => scan(&args),
         Command::Prefetch(args) => prefetch(args),
+        Command::Export(args) => done(operate(&args.data, |rt, config, out| {
+            rt.block_on(ops::airgap::export(config, &args.out, &args.patterns, out))
+                .map(drop)
+        })),
+        Command::Import(args) => match operate(&args.data, |rt, config, out| {
+            rt.block_on(ops::airgap::import(config, &args.source, out))
+        }) {
+            Ok(summary) if summary.failed.is_empty() && summary.cut.is_none() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(code) => code,
+        },
         Command::Verify(args) => match operate(&args, |rt, config, out| {
             rt.block_on(ops::verify::run(&config.data_dir, out))
         }) {

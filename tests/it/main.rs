@@ -2,6 +2,8 @@
 //! executable against in-process fake upstreams and real third-party software.
 //! Add new test modules here, one line each with a comment.
 
+/// Air gap: prefetch + export from A, import into an offline B, every client pulls; skopeo layouts; damaged tars.
+mod airgap;
 /// Bad input, read-only methods, _catalog, tags/list pagination.
 mod api;
 /// Helpers for the fake-upstream tests (client, seeded image, data-dir checks).

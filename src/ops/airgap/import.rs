@@ -1,0 +1,457 @@
+//! `regcache import`: reads an OCI image layout (a directory, or a tar of one,
+//! as `export`, `skopeo copy ... oci:` or `oci-archive:` write them) into the
+//! cache of a data directory, beside a running server.
+//!
+//! Every blob is streamed into a `store::BlobWriter` (a temp file) while it
+//! is hashed; nothing is committed until the whole layout was read. Then each
+//! image in `index.json` is checked on its own: every manifest and blob it
+//! needs must be present with the right digest and size, or the image is
+//! refused, naming the blob, and nothing of it is committed or indexed
+//! (all-or-nothing per image). A good image's files are committed first, then
+//! its rows: content linked to its repository and its tag, under the
+//! configured upstream its name's registry routes to, so a server whose
+//! upstream is unreachable serves it.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{REF_NAME, is_tar};
+use crate::config::Config;
+use crate::index::{Access, ContentRow, Index};
+use crate::oci::{
+    Digest, Hasher, ImageRef, MAX_MANIFEST_BYTES, References, RepoName, Tag, docker_hub_name,
+    media_type,
+};
+use crate::ops::format::human_size;
+use crate::store::{BlobWriter, Store};
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct ImportSummary {
+    pub images: usize,
+    /// `(name, cause)` of every image refused.
+    pub failed: Vec<(String, String)>,
+    pub blobs: usize,
+    pub bytes: u64,
+    /// Why the archive could not be read to its end, if it could not.
+    pub cut: Option<String>,
+}
+
+/// A blob read from the layout into a temp file of the store.
+#[derive(Debug)]
+struct Staged {
+    /// `None` once committed.
+    writer: Option<BlobWriter>,
+    size: u64,
+    /// Why the bytes are not the digest's, if they are not.
+    problem: Option<String>,
+    /// The bytes themselves when small enough to be a manifest.
+    small: Option<Bytes>,
+}
+
+/// Everything read from the layout.
+#[derive(Debug, Default)]
+struct Staging {
+    blobs: HashMap<Digest, Staged>,
+    index_json: Option<Vec<u8>>,
+    cut: Option<String>,
+}
+
+/// One image of `index.json`, checked and ready to commit.
+#[derive(Debug)]
+struct Plan {
+    name: String,
+    upstream: String,
+    repo: RepoName,
+    tag: Option<Tag>,
+    top: Digest,
+    /// Every digest the image needs, with its media type for manifests.
+    content: Vec<(Digest, Option<String>)>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry {
+    media_type: Option<String>,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct LayoutIndex {
+    manifests: Vec<IndexEntry>,
+}
+
+/// Imports the layout at `source` into `config`'s data directory.
+pub async fn import(
+    config: &Config,
+    source: &Path,
+    log: &mut dyn Write,
+) -> anyhow::Result<ImportSummary> {
+    let started = Instant::now();
+    let index = super::super::open_index(&config.data_dir, Access::ReadWrite)?;
+    let store = super::super::attach_store(&config.data_dir)?;
+    let mut staging = Staging::default();
+    if is_tar(source) || source.is_file() {
+        read_tar(source, &store, &mut staging).await?;
+    } else {
+        read_dir(source, &store, &mut staging).await?;
+    }
+    let Some(index_json) = staging.index_json.take() else {
+        anyhow::bail!(
+            "{} has no index.json{}; nothing imported",
+            source.display(),
+            cut_note(&staging)
+        );
+    };
+    let layout: LayoutIndex =
+        serde_json::from_slice(&index_json).context("index.json is not an OCI image index")?;
+    let mut summary = ImportSummary {
+        cut: staging.cut.clone(),
+        ..ImportSummary::default()
+    };
+    for entry in &layout.manifests {
+        let name = entry
+            .annotations
+            .get(REF_NAME)
+            .cloned()
+            .unwrap_or_else(|| entry.digest.clone());
+        let result = match plan(entry, config, &staging) {
+            Ok(plan) => commit(plan, &index, &mut staging).await,
+            Err(cause) => Err(cause),
+        };
+        match result {
+            Ok((blobs, bytes)) => {
+                summary.images += 1;
+                summary.blobs += blobs;
+                summary.bytes += bytes;
+                writeln!(
+                    log,
+                    "imported {name}  {}  {}",
+                    entry.digest,
+                    human_size(bytes)
+                )?;
+            }
+            Err(cause) => {
+                writeln!(log, "FAILED   {name}: {cause}")?;
+                summary.failed.push((name, cause));
+            }
+        }
+    }
+    if let Some(cut) = &summary.cut {
+        writeln!(log, "the archive ends early: {cut}")?;
+    }
+    writeln!(
+        log,
+        "imported {} of {} images ({} blobs, {}) from {} in {:.1}s",
+        summary.images,
+        layout.manifests.len(),
+        summary.blobs,
+        human_size(summary.bytes),
+        source.display(),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(summary)
+}
+
+fn cut_note(staging: &Staging) -> String {
+    staging
+        .cut
+        .as_ref()
+        .map(|cut| format!(" (the archive ends early: {cut})"))
+        .unwrap_or_default()
+}
+
+/// Stages every entry of a tar (gzip-compressed or not).
+async fn read_tar(path: &Path, store: &Store, staging: &mut Staging) -> anyhow::Result<()> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    let gzip = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let file = std::fs::File::open(path)?;
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().context("reading the archive")?;
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                staging.cut = Some(e.to_string());
+                break;
+            }
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry.path()?.to_string_lossy().into_owned();
+        let len = entry.header().size()?;
+        stage_entry(&name, &mut entry, Some(len), store, staging).await?;
+        if staging.cut.is_some() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Stages `index.json` and every `blobs/<alg>/<hex>` file of a directory.
+async fn read_dir(dir: &Path, store: &Store, staging: &mut Staging) -> anyhow::Result<()> {
+    let mut names = vec!["index.json".to_owned()];
+    let blobs = dir.join("blobs");
+    for alg in
+        std::fs::read_dir(&blobs).with_context(|| format!("cannot list {}", blobs.display()))?
+    {
+        let alg = alg?;
+        for file in std::fs::read_dir(alg.path())? {
+            let file = file?;
+            names.push(format!(
+                "blobs/{}/{}",
+                alg.file_name().to_string_lossy(),
+                file.file_name().to_string_lossy()
+            ));
+        }
+    }
+    for name in names {
+        let path = dir.join(&name);
+        let mut file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        stage_entry(&name, &mut file, None, store, staging).await?;
+    }
+    Ok(())
+}
+
+/// Reads one layout file: `index.json` into memory, a blob into the store's
+/// tmp/. `len` is the length a tar header announced.
+async fn stage_entry(
+    name: &str,
+    reader: &mut dyn Read,
+    len: Option<u64>,
+    store: &Store,
+    staging: &mut Staging,
+) -> anyhow::Result<()> {
+    let name = name.trim_start_matches("./");
+    if name == "index.json" {
+        let mut bytes = Vec::new();
+        match reader
+            .take(MAX_MANIFEST_BYTES as u64)
+            .read_to_end(&mut bytes)
+        {
+            Ok(_) => staging.index_json = Some(bytes),
+            Err(e) => staging.cut = Some(format!("index.json: {e}")),
+        }
+        return Ok(());
+    }
+    let Some(digest) = name
+        .strip_prefix("blobs/")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>().ok())
+    else {
+        return Ok(());
+    };
+    let staged = stage_blob(&digest, reader, store, &mut staging.cut).await?;
+    if let Some(len) = len.filter(|&len| len > staged.size) {
+        // A tar cut inside an entry reads as a short entry, not an error.
+        staging.cut = Some(format!(
+            "inside {digest} after {} of its {len} bytes",
+            staged.size
+        ));
+    }
+    staging.blobs.insert(digest, staged);
+    Ok(())
+}
+
+/// Streams a blob into a `BlobWriter`, hashing it on the way.
+async fn stage_blob(
+    digest: &Digest,
+    reader: &mut dyn Read,
+    store: &Store,
+    cut: &mut Option<String>,
+) -> anyhow::Result<Staged> {
+    let mut writer = store.writer(digest.clone()).await?;
+    let mut hasher = Hasher::new(digest.algorithm());
+    let mut small = Vec::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                *cut = Some(format!("inside {digest} after {size} bytes: {e}"));
+                break;
+            }
+        };
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        hasher.update(&chunk);
+        if size + n as u64 <= MAX_MANIFEST_BYTES as u64 {
+            small.extend_from_slice(&chunk);
+        }
+        size += n as u64;
+        writer.write(chunk).await?;
+    }
+    let actual = hasher.finish();
+    let problem = (actual != *digest).then(|| format!("its {size} bytes hash to {actual}"));
+    Ok(Staged {
+        writer: Some(writer),
+        size,
+        problem,
+        small: (size <= MAX_MANIFEST_BYTES as u64).then(|| Bytes::from(small)),
+    })
+}
+
+/// Checks everything `entry` needs, or says what is wrong.
+fn plan(entry: &IndexEntry, config: &Config, staging: &Staging) -> Result<Plan, String> {
+    let name = entry
+        .annotations
+        .get(REF_NAME)
+        .ok_or_else(|| format!("no {REF_NAME} annotation: no name to serve it under"))?;
+    let reference: ImageRef = name.parse().map_err(|e| {
+        format!("{REF_NAME} {name:?} is not a full image reference (registry/repository:tag): {e}")
+    })?;
+    let upstream = config
+        .upstreams
+        .iter()
+        .find(|u| u.answers_to(reference.registry()) || u.answers_to(&reference.host))
+        .ok_or_else(|| format!("no configured upstream answers to {}", reference.registry()))?;
+    let repo = if upstream.is_docker_hub() {
+        docker_hub_name(reference.repo.clone())
+    } else {
+        reference.repo.clone()
+    };
+    let top: Digest = entry
+        .digest
+        .parse()
+        .map_err(|e| format!("{}: {e}", entry.digest))?;
+    let mut content = Vec::new();
+    let top_bytes = check(staging, &top, Some(entry.size))?;
+    let top_type = manifest_type(&top_bytes, entry.media_type.as_deref());
+    content.push((top.clone(), Some(top_type)));
+    match crate::oci::references(&top_bytes).map_err(|e| format!("manifest {top}: {e}"))? {
+        References::Image(blobs) => check_blobs(staging, &blobs, &mut content)?,
+        References::Index(children) => {
+            let mut platforms = 0;
+            for child in children {
+                // An export of an index whose platforms were not all cached
+                // carries the ones that were; a cut archive carries too few.
+                if !staging.blobs.contains_key(&child.digest) && staging.cut.is_none() {
+                    continue;
+                }
+                let bytes = check(staging, &child.digest, child.size)?;
+                let References::Image(blobs) = crate::oci::references(&bytes)
+                    .map_err(|e| format!("manifest {}: {e}", child.digest))?
+                else {
+                    return Err(format!("{}: an index inside an index", child.digest));
+                };
+                let kind = manifest_type(&bytes, child.media_type.as_deref());
+                content.push((child.digest.clone(), Some(kind)));
+                check_blobs(staging, &blobs, &mut content)?;
+                platforms += 1;
+            }
+            if platforms == 0 {
+                return Err("the archive holds none of the index's manifests".into());
+            }
+        }
+    }
+    Ok(Plan {
+        name: name.clone(),
+        upstream: upstream.name.clone(),
+        repo,
+        tag: reference.tag.clone(),
+        top,
+        content,
+    })
+}
+
+fn check_blobs(
+    staging: &Staging,
+    blobs: &[crate::oci::Descriptor],
+    content: &mut Vec<(Digest, Option<String>)>,
+) -> Result<(), String> {
+    for blob in blobs {
+        check(staging, &blob.digest, blob.size)?;
+        content.push((blob.digest.clone(), None));
+    }
+    Ok(())
+}
+
+/// A staged blob's bytes (if small) when it is present, whole and of `size`.
+fn check(staging: &Staging, digest: &Digest, size: Option<u64>) -> Result<Bytes, String> {
+    let Some(staged) = staging.blobs.get(digest) else {
+        return Err(format!(
+            "blob {digest} is not in the archive{}",
+            cut_note(staging)
+        ));
+    };
+    if let Some(problem) = &staged.problem {
+        return Err(format!("blob {digest}: {problem}"));
+    }
+    if let Some(size) = size.filter(|&s| s != staged.size) {
+        return Err(format!(
+            "blob {digest}: {} bytes, the manifest says {size}",
+            staged.size
+        ));
+    }
+    Ok(staged.small.clone().unwrap_or_default())
+}
+
+/// The manifest's own `mediaType`, else its descriptor's, else OCI's.
+fn manifest_type(bytes: &[u8], descriptor: Option<&str>) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+        .or_else(|| descriptor.map(str::to_owned))
+        .unwrap_or_else(|| media_type::OCI_MANIFEST.to_owned())
+}
+
+/// Commits the image's files, then its rows and tag. Returns (blobs, bytes).
+async fn commit(plan: Plan, index: &Index, staging: &mut Staging) -> Result<(usize, u64), String> {
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    for (digest, media_type) in &plan.content {
+        let staged = staging
+            .blobs
+            .get_mut(digest)
+            .ok_or_else(|| format!("blob {digest} vanished"))?;
+        if let Some(writer) = staged.writer.take() {
+            writer
+                .commit(Some(staged.size))
+                .await
+                .map_err(|e| format!("committing {digest}: {e}"))?;
+        }
+        bytes += staged.size;
+        rows.push(ContentRow {
+            digest: digest.clone(),
+            size: staged.size,
+            media_type: media_type.clone(),
+        });
+    }
+    let count = rows.len();
+    index
+        .insert_contents(rows, &plan.upstream, &plan.repo)
+        .await
+        .map_err(|e| format!("indexing {}: {e}", plan.name))?;
+    if let Some(tag) = &plan.tag {
+        index
+            .set_tag(
+                &plan.upstream,
+                &plan.repo,
+                tag,
+                &plan.top,
+                SystemTime::now(),
+            )
+            .await
+            .map_err(|e| format!("tagging {}: {e}", plan.name))?;
+    }
+    Ok((count, bytes))
+}
