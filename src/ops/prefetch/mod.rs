@@ -12,7 +12,6 @@ mod mirror;
 mod progress;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -76,7 +75,8 @@ impl Summary {
     }
 }
 
-/// Pulls every image in `images` through `options.server`.
+/// Pulls every image in `images` through `options.server`: first every
+/// image's manifests (so the total, and its ETA, are known), then the blobs.
 pub async fn run(
     images: Vec<ImageRef>,
     options: &Options,
@@ -84,20 +84,40 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     let mirror = Mirror::new(options.server.clone())?;
     let concurrency = options.concurrency.max(1);
-    let requests = Arc::new(Semaphore::new(concurrency));
+    let requests = Semaphore::new(concurrency);
     let started = Instant::now();
     let mut summary = Summary {
         images: images.len(),
         ..Summary::default()
     };
-    let mut results = futures_util::stream::iter(images)
+    let resolved: Vec<(ImageRef, anyhow::Result<Resolved>)> = futures_util::stream::iter(images)
         .map(|image| {
-            let (mirror, requests) = (&mirror, requests.clone());
+            let (mirror, requests) = (&mirror, &requests);
+            async move {
+                let resolved = resolve(mirror, &image, &options.platforms, requests).await;
+                if let Ok(resolved) = &resolved {
+                    progress.add_total(resolved.bytes());
+                }
+                (image, resolved)
+            }
+        })
+        .buffered(concurrency)
+        .collect()
+        .await;
+    progress.start_blobs();
+    let mut results = futures_util::stream::iter(resolved)
+        .map(|(image, resolved)| {
+            let (mirror, requests) = (&mirror, &requests);
             async move {
                 let name = image.normalized();
                 let bar = progress.image(&name);
                 let began = Instant::now();
-                let result = pull_image(mirror, &image, options, &requests, &bar).await;
+                let result = match resolved {
+                    Ok(resolved) => {
+                        download(mirror, &image, resolved, concurrency, requests, &bar).await
+                    }
+                    Err(e) => Err(e),
+                };
                 progress.finished(bar, &finished_line(&name, &result, began.elapsed()));
                 (name, result)
             }
@@ -131,15 +151,26 @@ fn finished_line(name: &str, result: &anyhow::Result<Pulled>, took: Duration) ->
     }
 }
 
-/// The manifest, the selected platforms' manifests, then every blob.
-async fn pull_image(
+/// An image whose manifests were fetched: the blobs still to fetch.
+#[derive(Debug)]
+struct Resolved {
+    manifests: u64,
+    blobs: Vec<Descriptor>,
+}
+
+impl Resolved {
+    fn bytes(&self) -> u64 {
+        self.blobs.iter().filter_map(|b| b.size).sum()
+    }
+}
+
+/// The manifest, then for an index the selected platforms' manifests.
+async fn resolve(
     mirror: &Mirror,
     image: &ImageRef,
-    options: &Options,
+    platforms: &[Platform],
     requests: &Semaphore,
-    bar: &progress::ImageBar,
-) -> anyhow::Result<Pulled> {
-    let mut pulled = Pulled::default();
+) -> anyhow::Result<Resolved> {
     let reference = match (&image.digest, &image.tag) {
         (Some(digest), _) => digest.to_string(),
         (None, Some(tag)) => tag.to_string(),
@@ -151,18 +182,17 @@ async fn pull_image(
             .manifest(image, &reference, image.digest.as_ref())
             .await?
     };
-    pulled.manifests += 1;
+    let mut manifests = 1;
     let blobs = match crate::oci::references(&top)? {
         References::Image(blobs) => blobs,
         References::Index(children) => {
-            let children = select(children, &options.platforms)?;
             let mut blobs = Vec::new();
-            for child in children {
+            for child in select(children, platforms)? {
                 let _permit = requests.acquire().await?;
                 let fetched = mirror
                     .manifest(image, &child.digest.to_string(), Some(&child.digest))
                     .await?;
-                pulled.manifests += 1;
+                manifests += 1;
                 match crate::oci::references(&fetched)? {
                     References::Image(child_blobs) => blobs.extend(child_blobs),
                     References::Index(_) => bail!("{}: an index inside an index", child.digest),
@@ -172,17 +202,33 @@ async fn pull_image(
         }
     };
     let mut seen = HashSet::new();
-    let blobs: Vec<Descriptor> = blobs
+    let blobs = blobs
         .into_iter()
         .filter(|b| seen.insert(b.digest.clone()))
         .collect();
-    bar.add_length(blobs.iter().filter_map(|b| b.size).sum(), blobs.len());
-    let mut fetches = futures_util::stream::iter(&blobs)
+    Ok(Resolved { manifests, blobs })
+}
+
+/// Every blob of a resolved image, at most `concurrency` at once.
+async fn download(
+    mirror: &Mirror,
+    image: &ImageRef,
+    resolved: Resolved,
+    concurrency: usize,
+    requests: &Semaphore,
+    bar: &progress::ImageBar,
+) -> anyhow::Result<Pulled> {
+    let mut pulled = Pulled {
+        manifests: resolved.manifests,
+        ..Pulled::default()
+    };
+    bar.set_length(resolved.bytes(), resolved.blobs.len());
+    let mut fetches = futures_util::stream::iter(&resolved.blobs)
         .map(|blob| async move {
             let _permit = requests.acquire().await?;
             mirror.blob(image, blob, |n| bar.inc(n)).await
         })
-        .buffer_unordered(options.concurrency.max(1));
+        .buffer_unordered(concurrency);
     while let Some(size) = fetches.next().await {
         pulled.bytes += size?;
         pulled.blobs += 1;

@@ -39,7 +39,7 @@ impl Progress {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
         let total = multi.add(ProgressBar::new(0));
         total.set_style(ProgressStyle::with_template(TOTAL_TEMPLATE).expect("valid template"));
-        total.set_message(format!("0/{images} images"));
+        total.set_message(format!("0/{images} images (manifests)"));
         total.enable_steady_tick(Duration::from_millis(100));
         Self {
             multi: Some(multi),
@@ -47,6 +47,17 @@ impl Progress {
             images,
             done: Mutex::new(0),
         }
+    }
+
+    /// An image's blobs were resolved: `bytes` more for the total.
+    pub fn add_total(&self, bytes: u64) {
+        self.total.inc_length(bytes);
+    }
+
+    /// Manifests are resolved, blobs start: the rate and ETA count from now.
+    pub fn start_blobs(&self) {
+        self.total.reset_eta();
+        self.total.set_message(format!("0/{} images", self.images));
     }
 
     /// A bar for an image starting now (hidden without a terminal).
@@ -109,11 +120,10 @@ pub struct ImageBar {
 }
 
 impl ImageBar {
-    /// The image's blobs are known: `bytes` more to fetch.
-    pub fn add_length(&self, bytes: u64, blobs: usize) {
-        self.bar.inc_length(bytes);
+    /// The image's blobs: `bytes` to fetch (already counted in the total).
+    pub fn set_length(&self, bytes: u64, blobs: usize) {
+        self.bar.set_length(bytes);
         self.bar.set_message(format!("{blobs} blobs"));
-        self.total.inc_length(bytes);
     }
 
     pub fn inc(&self, bytes: u64) {
