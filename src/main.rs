@@ -211,11 +211,19 @@ fn main() -> ExitCode {
         Command::Scan(args) => scan(&args),
         Command::Prefetch(args) => prefetch(args),
         Command::Export(args) => done(operate(&args.data, |rt, config, out| {
-            rt.block_on(ops::airgap::export(config, &args.out, &args.patterns, out))
-                .map(drop)
+            let bars = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            rt.block_on(ops::airgap::export(
+                config,
+                &args.out,
+                &args.patterns,
+                bars,
+                out,
+            ))
+            .map(drop)
         })),
         Command::Import(args) => match operate(&args.data, |rt, config, out| {
-            rt.block_on(ops::airgap::import(config, &args.source, out))
+            let bars = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            rt.block_on(ops::airgap::import(config, &args.source, bars, out))
         }) {
             Ok(summary) if summary.failed.is_empty() && summary.cut.is_none() => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,

@@ -15,6 +15,7 @@ pub mod format;
 pub mod gc;
 pub mod ls;
 pub mod prefetch;
+pub mod progress;
 pub mod server_stats;
 pub mod stats;
 pub mod verify;

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::index::{Access, Index, TagLink};
 use crate::oci::{Digest, MAX_MANIFEST_BYTES, References, media_type};
 use crate::ops::format::human_size;
+use crate::ops::progress::{ImageBar, Progress};
 use crate::store::Store;
 
 /// What an export wrote.
@@ -42,11 +43,13 @@ struct Image {
     content: Vec<(Digest, u64)>,
 }
 
-/// Exports the tags matching `patterns` (all when empty) to `out`.
+/// Exports the tags matching `patterns` (all when empty) to `out`; `bars`
+/// shows progress bars (on a terminal).
 pub async fn export(
     config: &Config,
     out: &Path,
     patterns: &[String],
+    bars: bool,
     log: &mut dyn Write,
 ) -> anyhow::Result<ExportSummary> {
     let started = Instant::now();
@@ -73,30 +76,38 @@ pub async fn export(
     let mut sink = Sink::create(out)?;
     sink.add_bytes("index.json", &index_json(&images))?;
     sink.add_bytes("oci-layout", OCI_LAYOUT.as_bytes())?;
+    let progress = Progress::new(images.len(), bars);
+    let image_bytes = |image: &Image| image.content.iter().map(|(_, s)| s).sum::<u64>();
+    progress.add_total(images.iter().map(image_bytes).sum());
+    progress.start_blobs();
     let mut written = HashSet::new();
     for image in &images {
+        let bar = progress.image(&image.name);
+        bar.set_length(image_bytes(image), image.content.len());
         for (digest, size) in &image.content {
             if written.insert(digest.clone()) {
-                sink.add_blob(&store.blob_path(digest), &blob_name(digest), *size)
+                sink.add_blob(&store.blob_path(digest), &blob_name(digest), *size, &bar)
                     .with_context(|| format!("{}: {digest}", image.name))?;
                 summary.blobs += 1;
                 summary.bytes += size;
+            } else {
+                bar.inc(*size);
             }
         }
-        let size: u64 = image.content.iter().map(|(_, s)| s).sum();
-        writeln!(
-            log,
+        let line = format!(
             "exported {}  {}  {}",
             image.name,
             image.top,
-            human_size(size)
-        )?;
+            human_size(image_bytes(image))
+        );
+        progress.finished_to(bar, log, &line)?;
     }
     sink.finish()?;
+    progress.clear();
     summary.images = images.len();
     writeln!(
         log,
-        "exported {} images ({} blobs, {}) to {} in {:.1}s{}",
+        "exported {} images ({} files, {}) to {} in {:.1}s{}",
         summary.images,
         summary.blobs,
         human_size(summary.bytes),
@@ -268,8 +279,15 @@ impl Sink {
         Ok(())
     }
 
-    /// Copies a store file; it must still have `size` bytes.
-    fn add_blob(&mut self, from: &Path, name: &str, size: u64) -> anyhow::Result<()> {
+    /// Copies a store file (it must still have `size` bytes), counting its
+    /// bytes on `bar`.
+    fn add_blob(
+        &mut self,
+        from: &Path,
+        name: &str,
+        size: u64,
+        bar: &ImageBar,
+    ) -> anyhow::Result<()> {
         let file = File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
         let len = file.metadata()?.len();
         anyhow::ensure!(
@@ -277,15 +295,16 @@ impl Sink {
             "{} has {len} bytes, the index says {size}",
             from.display()
         );
+        let mut counted = Counted { inner: file, bar };
         match self {
             Self::Dir(dir) => {
                 let target = dir.join(name);
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                std::fs::copy(from, target)?;
+                std::io::copy(&mut counted, &mut File::create(target)?)?;
             }
-            Self::Tar(tar) => tar.append_data(&mut file_header(size), name, file)?,
+            Self::Tar(tar) => tar.append_data(&mut file_header(size), name, counted)?,
         }
         Ok(())
     }
@@ -297,6 +316,20 @@ impl Sink {
             writer.get_ref().sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// A reader that counts what passes through it on a progress bar.
+struct Counted<'a, R> {
+    inner: R,
+    bar: &'a ImageBar,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
     }
 }
 

@@ -29,6 +29,7 @@ use crate::oci::{
     media_type,
 };
 use crate::ops::format::human_size;
+use crate::ops::progress::{ImageBar, Progress};
 use crate::store::{BlobWriter, Store};
 
 /// What an import did.
@@ -90,21 +91,31 @@ struct LayoutIndex {
     manifests: Vec<IndexEntry>,
 }
 
-/// Imports the layout at `source` into `config`'s data directory.
+/// Imports the layout at `source` into `config`'s data directory; `bars`
+/// shows a progress bar while the layout is read (on a terminal).
 pub async fn import(
     config: &Config,
     source: &Path,
+    bars: bool,
     log: &mut dyn Write,
 ) -> anyhow::Result<ImportSummary> {
     let started = Instant::now();
     let index = super::super::open_index(&config.data_dir, Access::ReadWrite)?;
     let store = super::super::attach_store(&config.data_dir)?;
     let mut staging = Staging::default();
-    if is_tar(source) || source.is_file() {
-        read_tar(source, &store, &mut staging).await?;
+    let progress = Progress::new(0, bars);
+    let bar = progress.image(&source.display().to_string());
+    let reading = if is_tar(source) || source.is_file() {
+        let total = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+        progress.add_total(total);
+        bar.set_length(total, 0);
+        progress.start_blobs();
+        read_tar(source, &store, &mut staging, &bar).await
     } else {
-        read_dir(source, &store, &mut staging).await?;
-    }
+        read_dir(source, &store, &mut staging, &progress, &bar).await
+    };
+    progress.clear();
+    reading?;
     let Some(index_json) = staging.index_json.take() else {
         anyhow::bail!(
             "{} has no index.json{}; nothing imported",
@@ -135,7 +146,7 @@ pub async fn import(
                 summary.bytes += bytes;
                 writeln!(
                     log,
-                    "imported {name}  {}  {}",
+                    "imported {name}  {}  {} new",
                     entry.digest,
                     human_size(bytes)
                 )?;
@@ -151,7 +162,7 @@ pub async fn import(
     }
     writeln!(
         log,
-        "imported {} of {} images ({} blobs, {}) from {} in {:.1}s",
+        "imported {} of {} images ({} files, {} new) from {} in {:.1}s",
         summary.images,
         layout.manifests.len(),
         summary.blobs,
@@ -171,7 +182,12 @@ fn cut_note(staging: &Staging) -> String {
 }
 
 /// Stages every entry of a tar (gzip-compressed or not).
-async fn read_tar(path: &Path, store: &Store, staging: &mut Staging) -> anyhow::Result<()> {
+async fn read_tar(
+    path: &Path,
+    store: &Store,
+    staging: &mut Staging,
+    bar: &ImageBar,
+) -> anyhow::Result<()> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut magic = [0u8; 2];
@@ -197,7 +213,7 @@ async fn read_tar(path: &Path, store: &Store, staging: &mut Staging) -> anyhow::
         }
         let name = entry.path()?.to_string_lossy().into_owned();
         let len = entry.header().size()?;
-        stage_entry(&name, &mut entry, Some(len), store, staging).await?;
+        stage_entry(&name, &mut entry, Some(len), store, staging, bar).await?;
         if staging.cut.is_some() {
             break;
         }
@@ -206,7 +222,13 @@ async fn read_tar(path: &Path, store: &Store, staging: &mut Staging) -> anyhow::
 }
 
 /// Stages `index.json` and every `blobs/<alg>/<hex>` file of a directory.
-async fn read_dir(dir: &Path, store: &Store, staging: &mut Staging) -> anyhow::Result<()> {
+async fn read_dir(
+    dir: &Path,
+    store: &Store,
+    staging: &mut Staging,
+    progress: &Progress,
+    bar: &ImageBar,
+) -> anyhow::Result<()> {
     let mut names = vec!["index.json".to_owned()];
     let blobs = dir.join("blobs");
     for alg in
@@ -222,11 +244,19 @@ async fn read_dir(dir: &Path, store: &Store, staging: &mut Staging) -> anyhow::R
             ));
         }
     }
+    let total: u64 = names
+        .iter()
+        .filter_map(|name| std::fs::metadata(dir.join(name)).ok())
+        .map(|m| m.len())
+        .sum();
+    progress.add_total(total);
+    bar.set_length(total, names.len() - 1);
+    progress.start_blobs();
     for name in names {
         let path = dir.join(&name);
         let mut file = std::fs::File::open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        stage_entry(&name, &mut file, None, store, staging).await?;
+        stage_entry(&name, &mut file, None, store, staging, bar).await?;
     }
     Ok(())
 }
@@ -239,6 +269,7 @@ async fn stage_entry(
     len: Option<u64>,
     store: &Store,
     staging: &mut Staging,
+    bar: &ImageBar,
 ) -> anyhow::Result<()> {
     let name = name.trim_start_matches("./");
     if name == "index.json" {
@@ -259,7 +290,7 @@ async fn stage_entry(
     else {
         return Ok(());
     };
-    let staged = stage_blob(&digest, reader, store, &mut staging.cut).await?;
+    let staged = stage_blob(&digest, reader, store, &mut staging.cut, bar).await?;
     if let Some(len) = len.filter(|&len| len > staged.size) {
         // A tar cut inside an entry reads as a short entry, not an error.
         staging.cut = Some(format!(
@@ -277,6 +308,7 @@ async fn stage_blob(
     reader: &mut dyn Read,
     store: &Store,
     cut: &mut Option<String>,
+    bar: &ImageBar,
 ) -> anyhow::Result<Staged> {
     let mut writer = store.writer(digest.clone()).await?;
     let mut hasher = Hasher::new(digest.algorithm());
@@ -294,10 +326,13 @@ async fn stage_blob(
         };
         let chunk = Bytes::copy_from_slice(&buf[..n]);
         hasher.update(&chunk);
-        if size + n as u64 <= MAX_MANIFEST_BYTES as u64 {
+        // Only JSON (manifests, configs) is kept to be read; layers never are.
+        let json = small.first().or(chunk.first()) == Some(&b'{');
+        if json && size + n as u64 <= MAX_MANIFEST_BYTES as u64 {
             small.extend_from_slice(&chunk);
         }
         size += n as u64;
+        bar.inc(n as u64);
         writer.write(chunk).await?;
     }
     let actual = hasher.finish();
@@ -306,7 +341,7 @@ async fn stage_blob(
         writer: Some(writer),
         size,
         problem,
-        small: (size <= MAX_MANIFEST_BYTES as u64).then(|| Bytes::from(small)),
+        small: (size as usize == small.len()).then(|| Bytes::from(small)),
     })
 }
 
@@ -414,29 +449,31 @@ fn manifest_type(bytes: &[u8], descriptor: Option<&str>) -> String {
         .unwrap_or_else(|| media_type::OCI_MANIFEST.to_owned())
 }
 
-/// Commits the image's files, then its rows and tag. Returns (blobs, bytes).
+/// Commits the image's files, then its rows and tag. Returns the files and
+/// bytes committed for it (not those another image committed before).
 async fn commit(plan: Plan, index: &Index, staging: &mut Staging) -> Result<(usize, u64), String> {
     let mut rows = Vec::new();
-    let mut bytes = 0;
+    let (mut files, mut bytes) = (0, 0);
     for (digest, media_type) in &plan.content {
         let staged = staging
             .blobs
             .get_mut(digest)
             .ok_or_else(|| format!("blob {digest} vanished"))?;
+        // Content shared with an image imported before is committed once.
         if let Some(writer) = staged.writer.take() {
             writer
                 .commit(Some(staged.size))
                 .await
                 .map_err(|e| format!("committing {digest}: {e}"))?;
+            files += 1;
+            bytes += staged.size;
         }
-        bytes += staged.size;
         rows.push(ContentRow {
             digest: digest.clone(),
             size: staged.size,
             media_type: media_type.clone(),
         });
     }
-    let count = rows.len();
     index
         .insert_contents(rows, &plan.upstream, &plan.repo)
         .await
@@ -453,5 +490,5 @@ async fn commit(plan: Plan, index: &Index, staging: &mut Staging) -> Result<(usi
             .await
             .map_err(|e| format!("tagging {}: {e}", plan.name))?;
     }
-    Ok((count, bytes))
+    Ok((files, bytes))
 }

@@ -9,7 +9,6 @@
 
 mod input;
 mod mirror;
-mod progress;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -19,11 +18,11 @@ use futures_util::StreamExt as _;
 use tokio::sync::Semaphore;
 use url::Url;
 
+pub use super::progress::Progress;
 use crate::oci::{Descriptor, ImageRef, Platform, References};
 use crate::ops::format::human_size;
 pub use input::{BadLine, references};
 use mirror::Mirror;
-pub use progress::Progress;
 
 /// How to prefetch.
 #[derive(Debug, Clone)]
@@ -216,7 +215,7 @@ async fn download(
     resolved: Resolved,
     concurrency: usize,
     requests: &Semaphore,
-    bar: &progress::ImageBar,
+    bar: &super::progress::ImageBar,
 ) -> anyhow::Result<Pulled> {
     let mut pulled = Pulled {
         manifests: resolved.manifests,

@@ -1,7 +1,8 @@
-//! What `prefetch` shows while it works. On a terminal (stderr): one
-//! `indicatif` bar per image in flight and a total bar with bytes, rate and
-//! ETA, finished images printed above them. Otherwise: one line per finished
-//! image on stdout, nothing else, so logs stay readable. Display only.
+//! What `prefetch`, `export` and `import` show while they work. On a terminal
+//! (stderr): one `indicatif` bar per image in flight and a total bar with
+//! bytes, rate and ETA, finished images printed above them. Otherwise: one
+//! line per finished image on the command's output, nothing else, so logs stay
+//! readable. Display only.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -39,7 +40,9 @@ impl Progress {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
         let total = multi.add(ProgressBar::new(0));
         total.set_style(ProgressStyle::with_template(TOTAL_TEMPLATE).expect("valid template"));
-        total.set_message(format!("0/{images} images (manifests)"));
+        if images > 0 {
+            total.set_message(format!("0/{images} images (manifests)"));
+        }
         total.enable_steady_tick(Duration::from_millis(100));
         Self {
             multi: Some(multi),
@@ -57,7 +60,9 @@ impl Progress {
     /// Manifests are resolved, blobs start: the rate and ETA count from now.
     pub fn start_blobs(&self) {
         self.total.reset_eta();
-        self.total.set_message(format!("0/{} images", self.images));
+        if self.images > 0 {
+            self.total.set_message(format!("0/{} images", self.images));
+        }
     }
 
     /// A bar for an image starting now (hidden without a terminal).
@@ -103,6 +108,28 @@ impl Progress {
         }
     }
 
+    /// A line above the bars, or on `out` without them.
+    pub fn println(&self, out: &mut dyn Write, line: &str) -> std::io::Result<()> {
+        match &self.multi {
+            Some(multi) => multi.println(line),
+            None => writeln!(out, "{line}"),
+        }
+    }
+
+    /// Like [`Self::finished`], but the line goes to `out` without bars.
+    pub fn finished_to(
+        &self,
+        bar: ImageBar,
+        out: &mut dyn Write,
+        line: &str,
+    ) -> std::io::Result<()> {
+        if self.multi.is_none() {
+            return writeln!(out, "{line}");
+        }
+        self.finished(bar, line);
+        Ok(())
+    }
+
     /// Takes the bars off the screen before the summary is printed.
     pub fn clear(&self) {
         self.total.finish_and_clear();
@@ -123,7 +150,9 @@ impl ImageBar {
     /// The image's blobs: `bytes` to fetch (already counted in the total).
     pub fn set_length(&self, bytes: u64, blobs: usize) {
         self.bar.set_length(bytes);
-        self.bar.set_message(format!("{blobs} blobs"));
+        if blobs > 0 {
+            self.bar.set_message(format!("{blobs} blobs"));
+        }
     }
 
     pub fn inc(&self, bytes: u64) {
