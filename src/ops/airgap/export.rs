@@ -28,7 +28,8 @@ use crate::store::Store;
 pub struct ExportSummary {
     pub images: usize,
     pub skipped: usize,
-    pub blobs: usize,
+    /// Files written (manifests and blobs), each once.
+    pub files: usize,
     pub bytes: u64,
 }
 
@@ -41,6 +42,13 @@ struct Image {
     media_type: String,
     /// Manifests and blobs, top first, each with its size.
     content: Vec<(Digest, u64)>,
+}
+
+impl Image {
+    /// Bytes of all its manifests and blobs.
+    fn bytes(&self) -> u64 {
+        self.content.iter().map(|(_, size)| size).sum()
+    }
 }
 
 /// Exports the tags matching `patterns` (all when empty) to `out`; `bars`
@@ -57,12 +65,42 @@ pub async fn export(
     let index = super::super::open_index(&config.data_dir, Access::ReadOnly)?;
     let store = super::super::attach_store(&config.data_dir)?;
     let mut summary = ExportSummary::default();
+    let images = selected_images(&index, &store, &patterns, &mut summary, log).await?;
+    if images.is_empty() {
+        anyhow::bail!("no cached image matches; nothing exported");
+    }
+    write_layout(out, &images, &store, bars, &mut summary, log)?;
+    let skipped = match summary.skipped {
+        0 => String::new(),
+        n => format!("; {n} skipped"),
+    };
+    writeln!(
+        log,
+        "exported {} images ({} files, {}) to {} in {:.1}s{skipped}",
+        summary.images,
+        summary.files,
+        human_size(summary.bytes),
+        out.display(),
+        started.elapsed().as_secs_f64(),
+    )?;
+    Ok(summary)
+}
+
+/// The images of the tags `patterns` select; those that cannot be exported
+/// are counted in `summary` and named in `log`.
+async fn selected_images(
+    index: &Index,
+    store: &Store,
+    patterns: &[crate::evict::Pin],
+    summary: &mut ExportSummary,
+    log: &mut dyn Write,
+) -> anyhow::Result<Vec<Image>> {
     let mut images = Vec::new();
     for tag in index.all_tags().await? {
-        if !select::selects(&patterns, &tag) {
+        if !select::selects(patterns, &tag) {
             continue;
         }
-        match collect(&index, &store, &tag).await? {
+        match collect(index, store, &tag).await? {
             Ok(image) => images.push(image),
             Err(why) => {
                 summary.skipped += 1;
@@ -70,55 +108,46 @@ pub async fn export(
             }
         }
     }
-    if images.is_empty() {
-        anyhow::bail!("no cached image matches; nothing exported");
-    }
+    Ok(images)
+}
+
+/// Writes `index.json`, `oci-layout`, then each image's files (each once).
+fn write_layout(
+    out: &Path,
+    images: &[Image],
+    store: &Store,
+    bars: bool,
+    summary: &mut ExportSummary,
+    log: &mut dyn Write,
+) -> anyhow::Result<()> {
     let mut sink = Sink::create(out)?;
-    sink.add_bytes("index.json", &index_json(&images))?;
+    sink.add_bytes("index.json", &index_json(images))?;
     sink.add_bytes("oci-layout", OCI_LAYOUT.as_bytes())?;
     let progress = Progress::new(images.len(), bars);
-    let image_bytes = |image: &Image| image.content.iter().map(|(_, s)| s).sum::<u64>();
-    progress.add_total(images.iter().map(image_bytes).sum());
+    progress.add_total(images.iter().map(Image::bytes).sum());
     progress.start_blobs();
     let mut written = HashSet::new();
-    for image in &images {
+    for image in images {
         let bar = progress.image(&image.name);
-        bar.set_length(image_bytes(image), image.content.len());
+        bar.set_length(image.bytes(), image.content.len());
         for (digest, size) in &image.content {
-            if written.insert(digest.clone()) {
-                sink.add_blob(&store.blob_path(digest), &blob_name(digest), *size, &bar)
-                    .with_context(|| format!("{}: {digest}", image.name))?;
-                summary.blobs += 1;
-                summary.bytes += size;
-            } else {
+            if !written.insert(digest.clone()) {
                 bar.inc(*size);
+                continue;
             }
+            sink.add_blob(&store.blob_path(digest), &blob_name(digest), *size, &bar)
+                .with_context(|| format!("{}: {digest}", image.name))?;
+            summary.files += 1;
+            summary.bytes += size;
         }
-        let line = format!(
-            "exported {}  {}  {}",
-            image.name,
-            image.top,
-            human_size(image_bytes(image))
-        );
+        let size = human_size(image.bytes());
+        let line = format!("exported {}  {}  {size}", image.name, image.top);
         progress.finished_to(bar, log, &line)?;
     }
     sink.finish()?;
     progress.clear();
     summary.images = images.len();
-    writeln!(
-        log,
-        "exported {} images ({} files, {}) to {} in {:.1}s{}",
-        summary.images,
-        summary.blobs,
-        human_size(summary.bytes),
-        out.display(),
-        started.elapsed().as_secs_f64(),
-        match summary.skipped {
-            0 => String::new(),
-            n => format!("; {n} skipped"),
-        }
-    )?;
-    Ok(summary)
+    Ok(())
 }
 
 fn full_name(tag: &TagLink) -> String {

@@ -38,7 +38,8 @@ pub struct ImportSummary {
     pub images: usize,
     /// `(name, cause)` of every image refused.
     pub failed: Vec<(String, String)>,
-    pub blobs: usize,
+    /// Files written (manifests and blobs), each once.
+    pub files: usize,
     pub bytes: u64,
     /// Why the archive could not be read to its end, if it could not.
     pub cut: Option<String>,
@@ -102,20 +103,7 @@ pub async fn import(
     let started = Instant::now();
     let index = super::super::open_index(&config.data_dir, Access::ReadWrite)?;
     let store = super::super::attach_store(&config.data_dir)?;
-    let mut staging = Staging::default();
-    let progress = Progress::new(0, bars);
-    let bar = progress.image(&source.display().to_string());
-    let reading = if is_tar(source) || source.is_file() {
-        let total = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
-        progress.add_total(total);
-        bar.set_length(total, 0);
-        progress.start_blobs();
-        read_tar(source, &store, &mut staging, &bar).await
-    } else {
-        read_dir(source, &store, &mut staging, &progress, &bar).await
-    };
-    progress.clear();
-    reading?;
+    let mut staging = stage(source, &store, bars).await?;
     let Some(index_json) = staging.index_json.take() else {
         anyhow::bail!(
             "{} has no index.json{}; nothing imported",
@@ -130,32 +118,7 @@ pub async fn import(
         ..ImportSummary::default()
     };
     for entry in &layout.manifests {
-        let name = entry
-            .annotations
-            .get(REF_NAME)
-            .cloned()
-            .unwrap_or_else(|| entry.digest.clone());
-        let result = match plan(entry, config, &staging) {
-            Ok(plan) => commit(plan, &index, &mut staging).await,
-            Err(cause) => Err(cause),
-        };
-        match result {
-            Ok((blobs, bytes)) => {
-                summary.images += 1;
-                summary.blobs += blobs;
-                summary.bytes += bytes;
-                writeln!(
-                    log,
-                    "imported {name}  {}  {} new",
-                    entry.digest,
-                    human_size(bytes)
-                )?;
-            }
-            Err(cause) => {
-                writeln!(log, "FAILED   {name}: {cause}")?;
-                summary.failed.push((name, cause));
-            }
-        }
+        import_image(entry, config, &index, &mut staging, &mut summary, log).await?;
     }
     if let Some(cut) = &summary.cut {
         writeln!(log, "the archive ends early: {cut}")?;
@@ -165,12 +128,64 @@ pub async fn import(
         "imported {} of {} images ({} files, {} new) from {} in {:.1}s",
         summary.images,
         layout.manifests.len(),
-        summary.blobs,
+        summary.files,
         human_size(summary.bytes),
         source.display(),
         started.elapsed().as_secs_f64()
     )?;
     Ok(summary)
+}
+
+/// Reads the whole layout into the store's temp files, with a progress bar.
+async fn stage(source: &Path, store: &Store, bars: bool) -> anyhow::Result<Staging> {
+    let mut staging = Staging::default();
+    let progress = Progress::new(0, bars);
+    let bar = progress.image(&source.display().to_string());
+    let reading = if is_tar(source) || source.is_file() {
+        let total = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+        progress.add_total(total);
+        bar.set_length(total, 0);
+        progress.start_blobs();
+        read_tar(source, store, &mut staging, &bar).await
+    } else {
+        read_dir(source, store, &mut staging, &progress, &bar).await
+    };
+    progress.clear();
+    reading.map(|()| staging)
+}
+
+/// Checks and commits one image of `index.json`, or records why not.
+async fn import_image(
+    entry: &IndexEntry,
+    config: &Config,
+    index: &Index,
+    staging: &mut Staging,
+    summary: &mut ImportSummary,
+    log: &mut dyn Write,
+) -> std::io::Result<()> {
+    let name = entry
+        .annotations
+        .get(REF_NAME)
+        .cloned()
+        .unwrap_or_else(|| entry.digest.clone());
+    let result = match plan(entry, config, staging) {
+        Ok(plan) => commit(plan, index, staging).await,
+        Err(cause) => Err(cause),
+    };
+    match result {
+        Ok((files, bytes)) => {
+            summary.images += 1;
+            summary.files += files;
+            summary.bytes += bytes;
+            let new = human_size(bytes);
+            writeln!(log, "imported {name}  {}  {new} new", entry.digest)
+        }
+        Err(cause) => {
+            writeln!(log, "FAILED   {name}: {cause}")?;
+            summary.failed.push((name, cause));
+            Ok(())
+        }
+    }
 }
 
 fn cut_note(staging: &Staging) -> String {
