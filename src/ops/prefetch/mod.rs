@@ -89,20 +89,7 @@ pub async fn run(
         images: images.len(),
         ..Summary::default()
     };
-    let resolved: Vec<(ImageRef, anyhow::Result<Resolved>)> = futures_util::stream::iter(images)
-        .map(|image| {
-            let (mirror, requests) = (&mirror, &requests);
-            async move {
-                let resolved = resolve(mirror, &image, &options.platforms, requests).await;
-                if let Ok(resolved) = &resolved {
-                    progress.add_total(resolved.bytes());
-                }
-                (image, resolved)
-            }
-        })
-        .buffered(concurrency)
-        .collect()
-        .await;
+    let resolved = resolve_all(&mirror, images, options, &requests, progress).await;
     progress.start_blobs();
     let mut results = futures_util::stream::iter(resolved)
         .map(|(image, resolved)| {
@@ -135,6 +122,27 @@ pub async fn run(
     summary.elapsed = started.elapsed();
     progress.clear();
     Ok(summary)
+}
+
+/// Every image's manifests, in input order; the total grows as they come.
+async fn resolve_all(
+    mirror: &Mirror,
+    images: Vec<ImageRef>,
+    options: &Options,
+    requests: &Semaphore,
+    progress: &Progress,
+) -> Vec<(ImageRef, anyhow::Result<Resolved>)> {
+    futures_util::stream::iter(images)
+        .map(|image| async move {
+            let resolved = resolve(mirror, &image, &options.platforms, requests).await;
+            if let Ok(resolved) = &resolved {
+                progress.add_total(resolved.bytes());
+            }
+            (image, resolved)
+        })
+        .buffered(options.concurrency.max(1))
+        .collect()
+        .await
 }
 
 fn finished_line(name: &str, result: &anyhow::Result<Pulled>, took: Duration) -> String {
