@@ -12,6 +12,7 @@
 mod export;
 mod import;
 mod select;
+mod stage;
 
 pub use export::{ExportSummary, export};
 pub use import::{ImportSummary, import};
