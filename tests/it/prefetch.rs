@@ -4,8 +4,9 @@
 //! fetched from the upstream once even with `--concurrency 8` and skopeo
 //! pulling at the same time; then, with the upstream stopped, skopeo pulls
 //! every image from the cache. `--platform` takes only the platforms asked
-//! for; a missing image, a bad line and wrong upstream bytes fail the run
-//! with their cause while the rest is prefetched.
+//! for; a second run finds everything cached (regcache's `Cache-Status`); a
+//! missing image, a bad line and wrong upstream bytes fail the run with their
+//! cause while the rest is prefetched.
 //!
 //! Everything runs on 127.0.0.1; every server started here is dropped by the test.
 
@@ -162,6 +163,22 @@ fn platform_selection_from_docker_registry_takes_only_what_was_asked() {
     assert!(output.status.success(), "{report}");
     let problems = fetch_problems(&upstream, &images, 1.0, Some("arm64"));
     assert!(problems.is_empty(), "{problems:#?}\n{report}");
+    assert!(
+        report.contains("already cached") && !report.contains("not said"),
+        "{report}"
+    );
+
+    // Again: everything is already cached, and regcache says so (Cache-Status).
+    let again = prefetch(
+        &regcache,
+        &["--platform", "linux/arm64", "--concurrency", "8"],
+        &list,
+    );
+    let report = text(&again);
+    assert!(again.status.success(), "{report}");
+    assert!(report.contains("; 0 B fetched from upstream, "), "{report}");
+    let problems = fetch_problems(&upstream, &images, 1.0, Some("arm64"));
+    assert!(problems.is_empty(), "{problems:#?}\n{report}");
 
     upstream.stop();
     let mirror = regcache.host();
@@ -213,6 +230,7 @@ fn failures_are_named_with_their_cause_and_the_rest_is_prefetched() {
         "{report}"
     );
     assert!(stdout.contains("prefetched 1 of 3 images"), "{report}");
+    assert!(stdout.contains(", 0 B already cached"), "{report}");
     let missing = stdout
         .lines()
         .find(|l| l.starts_with(&format!("failed: {REGISTRY}/prefetch/missing:v1")))

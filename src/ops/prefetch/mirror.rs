@@ -73,13 +73,14 @@ impl Mirror {
     }
 
     /// GETs a blob to its end, hashing it; calls `on_chunk` with each chunk's
-    /// length. Fails unless digest and size match the descriptor.
+    /// length. Fails unless digest and size match the descriptor. Returns its
+    /// size and where the server says the bytes came from.
     pub(super) async fn blob(
         &self,
         image: &ImageRef,
         blob: &Descriptor,
         mut on_chunk: impl FnMut(u64),
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<(u64, Source)> {
         let reference = blob.digest.to_string();
         let url = self.url(image, "blobs", &reference)?;
         let response = self
@@ -89,6 +90,7 @@ impl Mirror {
             .await
             .with_context(|| format!("GET blob {reference}"))?;
         let mut response = ok_or_error(response, "blob", &reference).await?;
+        let source = Source::of(&response);
         let mut hasher = Hasher::new(blob.digest.algorithm());
         let mut size = 0u64;
         while let Some(chunk) = response
@@ -110,7 +112,7 @@ impl Mirror {
                 blob.size.unwrap_or_default()
             );
         }
-        Ok(size)
+        Ok((size, source))
     }
 
     /// `<base>/v2/<repository>/<kind>/<reference>?ns=<registry>`.
@@ -122,6 +124,37 @@ impl Mirror {
             .with_context(|| format!("{} + {path} is not a URL", self.base))?;
         url.query_pairs_mut().append_pair("ns", image.registry());
         Ok(url)
+    }
+}
+
+/// Where a blob's bytes came from, by the server's RFC 9211 `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// `hit`: the cache had them.
+    Cache,
+    /// `fwd=...`: the server asked its upstream (or joined a fetch in flight).
+    Upstream,
+    /// No `Cache-Status` from this server.
+    Unknown,
+}
+
+impl Source {
+    fn of(response: &reqwest::Response) -> Self {
+        let Some(status) = response
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Self::Unknown;
+        };
+        let params: Vec<&str> = status.split(';').map(str::trim).collect();
+        if params.contains(&"hit") {
+            Self::Cache
+        } else if params.iter().any(|p| p.starts_with("fwd=")) {
+            Self::Upstream
+        } else {
+            Self::Unknown
+        }
     }
 }
 

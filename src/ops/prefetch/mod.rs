@@ -22,7 +22,7 @@ pub use super::progress::Progress;
 use crate::oci::{Descriptor, ImageRef, Platform, References};
 use crate::ops::format::human_size;
 pub use input::{BadLine, references};
-use mirror::Mirror;
+use mirror::{Mirror, Source};
 
 /// How to prefetch.
 #[derive(Debug, Clone)]
@@ -41,6 +41,20 @@ pub struct Pulled {
     pub manifests: u64,
     pub blobs: u64,
     pub bytes: u64,
+    /// Of `bytes`, those the server fetched from its upstream for this run
+    /// (or joined a fetch of), and those it already held.
+    pub from_upstream: u64,
+    pub cached: u64,
+}
+
+impl Pulled {
+    fn add(&mut self, other: &Pulled) {
+        self.manifests += other.manifests;
+        self.blobs += other.blobs;
+        self.bytes += other.bytes;
+        self.from_upstream += other.from_upstream;
+        self.cached += other.cached;
+    }
 }
 
 /// The outcome of a run.
@@ -54,19 +68,31 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// `prefetched N of M images: ...` and one line per failure.
+    /// `prefetched N of M images: ...`, where the bytes came from, and one
+    /// line per failure.
     pub fn render(&self) -> String {
         let seconds = self.elapsed.as_secs_f64().max(0.001);
+        let p = &self.pulled;
         let mut text = format!(
-            "prefetched {} of {} images: {} manifests, {} blobs, {} in {:.1}s ({}/s)",
+            "prefetched {} of {} images: {} manifests, {} blobs, {} in {:.1}s ({}/s); \
+             {} fetched from upstream, {} already cached",
             self.images - self.failed.len(),
             self.images,
-            self.pulled.manifests,
-            self.pulled.blobs,
-            human_size(self.pulled.bytes),
+            p.manifests,
+            p.blobs,
+            human_size(p.bytes),
             seconds,
-            human_size((self.pulled.bytes as f64 / seconds) as u64),
+            human_size((p.bytes as f64 / seconds) as u64),
+            human_size(p.from_upstream),
+            human_size(p.cached),
         );
+        let unknown = p.bytes - p.from_upstream - p.cached;
+        if unknown > 0 {
+            text.push_str(&format!(
+                ", {} not said (no Cache-Status)",
+                human_size(unknown)
+            ));
+        }
         for (reference, cause) in &self.failed {
             text.push_str(&format!("\nfailed: {reference}: {cause}"));
         }
@@ -111,11 +137,7 @@ pub async fn run(
         .buffer_unordered(concurrency);
     while let Some((name, result)) = results.next().await {
         match result {
-            Ok(pulled) => {
-                summary.pulled.manifests += pulled.manifests;
-                summary.pulled.blobs += pulled.blobs;
-                summary.pulled.bytes += pulled.bytes;
-            }
+            Ok(pulled) => summary.pulled.add(&pulled),
             Err(e) => summary.failed.push((name, format!("{e:#}"))),
         }
     }
@@ -236,9 +258,15 @@ async fn download(
             mirror.blob(image, blob, |n| bar.inc(n)).await
         })
         .buffer_unordered(concurrency);
-    while let Some(size) = fetches.next().await {
-        pulled.bytes += size?;
+    while let Some(fetched) = fetches.next().await {
+        let (size, source) = fetched?;
+        pulled.bytes += size;
         pulled.blobs += 1;
+        match source {
+            Source::Cache => pulled.cached += size,
+            Source::Upstream => pulled.from_upstream += size,
+            Source::Unknown => {}
+        }
     }
     Ok(pulled)
 }
