@@ -16,6 +16,7 @@ pub mod listener;
 pub mod oci;
 pub mod ops;
 pub mod registry;
+pub mod scan;
 pub mod store;
 pub mod upstream;
 pub mod users;

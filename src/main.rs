@@ -49,6 +49,24 @@ enum Command {
     /// with its status, time and TLS issuer, then the egress allowlist; exit
     /// status 1 with a diagnosis when a step fails.
     Doctor(DoctorArgs),
+    /// Find image references in manifests, Helm charts (also packaged),
+    /// kustomizations, Dockerfiles, compose files and JSON; report those naming
+    /// a frozen registry (k8s.gcr.io, more in `[scan]`) with their replacement.
+    /// Exit status 1 when frozen references were found and not fixed.
+    Scan(ScanArgs),
+    /// Pull images through a running regcache (manifests, the selected
+    /// platforms, every blob, each checked against its digest) so they are
+    /// cached before nodes need them. Reads references one per line from FILE
+    /// or stdin (`scan --list` output, or kubectl's `sort | uniq -c` output).
+    /// Exit status 1 if any image failed.
+    Prefetch(PrefetchArgs),
+    /// Write cached images (default: every tagged image) as an OCI image
+    /// layout, to a directory or, for a name ending in .tar, a tar file.
+    Export(ExportArgs),
+    /// Read an OCI image layout (directory or tar, e.g. from `export` or
+    /// `skopeo copy ... oci:DIR:NAME`) into the cache, every digest checked;
+    /// all or nothing per image. Exit status 1 if any image was refused.
+    Import(ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +96,66 @@ struct DoctorArgs {
     /// Print a JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to write: a directory, or a file ending in .tar.
+    #[arg(long, value_name = "DIR|FILE.tar")]
+    out: PathBuf,
+    /// Images to export, in the pin syntax: <upstream>/<repository glob>[:<tag glob>]
+    /// (e.g. registry.k8s.io/pause:*). Default: every tagged image.
+    #[arg(value_name = "PATTERN")]
+    patterns: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The layout: a directory, or a tar file (gzip-compressed or not).
+    #[arg(value_name = "DIR|FILE.tar")]
+    source: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct PrefetchArgs {
+    /// The running regcache to pull through.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
+    server: Url,
+    /// Requests (and images) in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Platforms to take from a multi-platform image (default: all), e.g.
+    /// linux/amd64,linux/arm64.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT],...", value_delimiter = ',')]
+    platform: Vec<regcache::oci::Platform>,
+    /// File of references; `-` or none reads stdin.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScanArgs {
+    /// Files and directories to scan (directories recursively, hidden ones skipped).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Rewrite the frozen registry host in place (only those bytes); templates,
+    /// unparseable files and packaged charts are reported, never touched.
+    #[arg(long)]
+    fix: bool,
+    /// Print the unique normalized references, one per line (the input of
+    /// `regcache prefetch`); frozen ones as their replacement.
+    #[arg(long, conflicts_with = "json")]
+    list: bool,
+    /// Print a JSON object (findings, skipped files, frozen_left).
+    #[arg(long)]
+    json: bool,
+    /// Configuration file whose `[scan] frozen` adds frozen registries.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// Where the operator commands find the data directory. They are safe to run
@@ -171,6 +249,27 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Show(args)) => show_config(&args),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Doctor(args) => doctor(args),
+        Command::Scan(args) => scan(&args),
+        Command::Prefetch(args) => prefetch(args),
+        Command::Export(args) => done(operate(&args.data, |rt, config, out| {
+            let bars = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            rt.block_on(ops::airgap::export(
+                config,
+                &args.out,
+                &args.patterns,
+                bars,
+                out,
+            ))
+            .map(drop)
+        })),
+        Command::Import(args) => match operate(&args.data, |rt, config, out| {
+            let bars = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            rt.block_on(ops::airgap::import(config, &args.source, bars, out))
+        }) {
+            Ok(summary) if summary.failed.is_empty() && summary.cut.is_none() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(code) => code,
+        },
         Command::Verify(args) => match operate(&args, |rt, config, out| {
             rt.block_on(ops::verify::run(&config.data_dir, out))
         }) {
@@ -240,6 +339,101 @@ fn doctor(args: DoctorArgs) -> ExitCode {
     match runtime.block_on(ops::doctor::run(&config, &options, &mut out)) {
         Ok(report) if report.failed() => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("regcache: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `regcache scan`: 0 when no frozen reference is left, 1 when some are, 2
+/// when the configuration or a path cannot be read.
+fn scan(args: &ScanArgs) -> ExitCode {
+    let config = match load_with(args.config.as_deref(), &Overrides::default()) {
+        Ok(loaded) => loaded.config,
+        Err(message) => {
+            eprintln!("regcache: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let frozen = regcache::scan::Frozen::new(&config.scan.frozen);
+    let result = match regcache::scan::scan(&args.paths, &frozen, args.fix) {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("regcache: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = if args.list {
+        regcache::scan::write_list(&result, &mut out)
+    } else if args.json {
+        regcache::scan::write_json(&result, &mut out)
+    } else {
+        regcache::scan::write_text(&result, &mut out)
+    };
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("regcache: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if result.frozen_left() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `regcache prefetch`: 0 when every image was pulled, 1 when an image failed
+/// or a line was not a reference, 2 when the input cannot be read.
+fn prefetch(args: PrefetchArgs) -> ExitCode {
+    use regcache::ops::prefetch;
+    let text = match &args.file {
+        Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        _ => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}")),
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(message) => {
+            eprintln!("regcache: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (images, bad) = prefetch::references(&text);
+    for line in &bad {
+        eprintln!(
+            "regcache: line {}: {:?} is not an image reference: {}",
+            line.line, line.text, line.reason
+        );
+    }
+    let options = prefetch::Options {
+        server: args.server,
+        concurrency: usize::from(args.concurrency),
+        platforms: args.platform,
+    };
+    let bars = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = prefetch::Progress::new(images.len(), bars);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("regcache: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(prefetch::run(images, &options, &progress)) {
+        Ok(summary) => {
+            println!("{}", summary.render());
+            if summary.failed.is_empty() && bad.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Err(e) => {
             eprintln!("regcache: {e:#}");
             ExitCode::FAILURE

@@ -16,6 +16,7 @@ use crate::registry::{Outcome, Registry, Route, Routed};
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// The query parameters regcache reads; all others are ignored.
 #[derive(Debug, Default)]
@@ -270,6 +271,9 @@ fn with_outcome(response: Result<Response, http::Error>, outcome: Outcome) -> Re
         Ok(mut response) => {
             response.extensions_mut().insert(outcome);
             response
+                .headers_mut()
+                .insert(CACHE_STATUS, cache_status(outcome));
+            response
         }
         Err(e) => {
             // Only reachable if a header value were invalid, which our values never are.
@@ -277,6 +281,21 @@ fn with_outcome(response: Result<Response, http::Error>, outcome: Outcome) -> Re
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// RFC 9211's `Cache-Status`, so a client (`regcache prefetch` among them)
+/// can tell what the cache held: `hit` when the bytes came from it, `fwd`
+/// with the reason when the upstream was asked; `detail` names the outcome.
+fn cache_status(outcome: Outcome) -> HeaderValue {
+    HeaderValue::from_static(match outcome {
+        Outcome::Hit => "regcache; hit",
+        Outcome::Confirmed => "regcache; hit; detail=confirmed",
+        Outcome::Stale => "regcache; hit; detail=stale",
+        Outcome::Revalidated => "regcache; fwd=stale; detail=revalidated",
+        Outcome::Miss => "regcache; fwd=uri-miss",
+        Outcome::Follow => "regcache; fwd=uri-miss; collapsed",
+        Outcome::Pass => "regcache; fwd=bypass",
+    })
 }
 
 #[cfg(test)]

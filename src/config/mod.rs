@@ -30,6 +30,15 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// The disk budget (`storage.max_size`, watermarks, pins).
     pub eviction: EvictionConfig,
+    /// `[scan]`: what `regcache scan` reports.
+    pub scan: ScanConfig,
+}
+
+/// `[scan]`: registries `regcache scan` reports as frozen, beyond `k8s.gcr.io`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanConfig {
+    /// `(frozen host, replacement host)` pairs.
+    pub frozen: Vec<(String, String)>,
 }
 
 /// `[server.tls]`: regcache's own certificate (PEM chain, leaf first) and key,
@@ -159,7 +168,7 @@ pub struct Proxy {
 
 /// The hosts Docker Hub answers to. An upstream named by any of them answers
 /// to all three, and gets `library/` before one-component repository names.
-pub const DOCKER_HUB_HOSTS: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+pub use crate::oci::DOCKER_HUB_HOSTS;
 
 impl UpstreamConfig {
     /// Whether `host` (an `ns` value or a path prefix) names this upstream.

@@ -32,6 +32,7 @@ impl Walker {
         let mut defaults_table = self.table(&mut root, "", "upstream_defaults");
         let egress_defaults = self.egress_keys(&mut defaults_table, "upstream_defaults", secrets);
         self.reject_unknown(&defaults_table, "upstream_defaults");
+        let mut scan = self.table(&mut root, "", "scan");
         let upstream_values = match root.remove("upstream") {
             Some(Value::Array(items)) => items,
             Some(_) => {
@@ -59,6 +60,8 @@ impl Walker {
             .map(PathBuf::from);
         let (budget, raw_pins) = self.budget(&mut storage, overrides);
         self.reject_unknown(&storage, "storage");
+        let frozen = self.frozen(&mut scan);
+        self.reject_unknown(&scan, "scan");
 
         let upstream_tables = upstream_values.len();
         let mut upstreams = Vec::new();
@@ -94,6 +97,7 @@ impl Walker {
             data_dir: data_dir?,
             upstreams,
             eviction: eviction?,
+            scan: ScanConfig { frozen },
         })
     }
 
@@ -127,6 +131,28 @@ impl Walker {
             required: required.unwrap_or(false),
             realm: realm.unwrap_or_else(|| "regcache".to_owned()),
         })
+    }
+
+    /// `scan.frozen`: `"<frozen host>=<replacement host>"` strings.
+    fn frozen(&mut self, scan: &mut Table) -> Vec<(String, String)> {
+        let mut frozen = Vec::new();
+        for (i, text) in self
+            .optional_strings(scan, "scan", "frozen")
+            .iter()
+            .enumerate()
+        {
+            let host = |s: &str| !s.is_empty() && !s.contains(['/', '=', ' ', '@']);
+            match text.split_once('=') {
+                Some((old, new)) if host(old) && host(new) => {
+                    frozen.push((old.to_owned(), new.to_owned()));
+                }
+                _ => self.error(
+                    &format!("scan.frozen[{i}]"),
+                    format!("{text:?} is not <frozen host>=<replacement host> (e.g. k8s.gcr.io=registry.k8s.io)"),
+                ),
+            }
+        }
+        frozen
     }
 
     /// `storage.max_size`, the watermarks, `evict_interval` and the raw `pins`

@@ -6,14 +6,18 @@
 //! store path is derived from a [`Digest`] alone, so no request can name a path.
 
 mod digest;
+mod image_ref;
 mod manifest;
 mod name;
 mod reference;
+mod references;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use image_ref::{DOCKER_HUB_HOSTS, ImageRef, ImageRefError, looks_like_host};
 pub use manifest::{Manifest, media_type_of};
 pub use name::{NameError, RepoName, docker_hub_name};
 pub use reference::{Reference, ReferenceError, Tag, TagError};
+pub use references::{Descriptor, ManifestError, Platform, References, references};
 
 /// Media types a registry serves manifests as.
 pub mod media_type {

@@ -1,6 +1,7 @@
-//! Operator commands: `regcache ls`, `stats`, `gc` and `verify` (and `doctor`,
-//! which reads the configuration only and probes the upstreams), and the counters file a running server writes for
-//! `stats`. They are safe to run while `regcache serve` runs on the same data
+//! Operator commands: `regcache ls`, `stats`, `gc` and `verify`, and the counters file a running server writes for
+//! `stats`; `doctor`, which reads the configuration only and probes the upstreams; `prefetch`, which only talks HTTP
+//! to a running server; and `export`/`import` of OCI image layouts for sites without a registry. They are safe to
+//! run while `regcache serve` runs on the same data
 //! directory: they open the index with [`Index::open_existing`] (no creation, no
 //! migration; read-only for `ls` and `stats`, ordinary WAL write transactions
 //! with a busy timeout for `verify` and `gc`) and the store with [`Store::attach`] (which,
@@ -10,10 +11,13 @@
 //! code; `main` only parses arguments. Like `app`, this is a command layer, so
 //! its errors are `anyhow` with context.
 
+pub mod airgap;
 pub mod doctor;
 pub mod format;
 pub mod gc;
 pub mod ls;
+pub mod prefetch;
+pub mod progress;
 pub mod server_stats;
 pub mod stats;
 pub mod verify;

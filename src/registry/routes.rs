@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::Error;
 use super::local::UpstreamKey;
 use crate::config::UpstreamConfig;
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, RepoName, looks_like_host};
 use crate::upstream::Upstream;
 
 /// One configured upstream and its client. Cheap enough to clone for a fill.
@@ -141,13 +141,6 @@ fn split_prefix(name: &RepoName) -> Option<(&str, RepoName)> {
     let (first, rest) = name.as_str().split_once('/')?;
     // A suffix of a valid name is a valid name.
     Some((first, rest.parse().ok()?))
-}
-
-/// Docker's rule for the first component of an image reference: a registry
-/// host has a `.` (or a `:port`, which a repository name cannot hold) or is
-/// `localhost`.
-fn looks_like_host(component: &str) -> bool {
-    component.contains('.') || component == "localhost"
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::interop::Upstream;
 use crate::routing_interop::{fill, snippet};
 use crate::support::clients::run;
 use crate::support::docker_registry::DockerRegistry;
@@ -27,6 +26,7 @@ use crate::support::dockerd::Dockerd;
 use crate::support::fake::FakeUpstream;
 use crate::support::images::{self, Image};
 use crate::support::regcache::Regcache;
+use crate::support::upstream::Upstream;
 
 /// The guide's regcache config for a Docker Hub mirror (Docker sends no `ns`
 /// and no path prefix, `/v2/library/pause/...`, so Docker Hub is the default

@@ -26,58 +26,7 @@ use crate::support::docker_registry::DockerRegistry;
 use crate::support::fake::FakeUpstream;
 use crate::support::images::{self, Image};
 use crate::support::regcache::Regcache;
-
-/// The upstream regcache mirrors in one test (also used by `docker_engine`).
-pub(crate) enum Upstream {
-    Docker(DockerRegistry),
-    K8sLike(FakeUpstream),
-}
-
-impl Upstream {
-    pub(crate) fn url(&self) -> String {
-        match self {
-            Upstream::Docker(r) => r.url(),
-            Upstream::K8sLike(f) => f.url(),
-        }
-    }
-
-    pub(crate) fn seed(&self, image: &Image) {
-        match self {
-            Upstream::Docker(r) => r.push(image),
-            Upstream::K8sLike(f) => {
-                for blob in &image.blobs {
-                    f.put_content_with_digest(
-                        &image.repo,
-                        &blob.digest,
-                        crate::support::fake::Content::Bytes(blob.bytes.clone()),
-                    );
-                }
-                for m in &image.manifests {
-                    let tag = (m.digest == image.top).then_some(image.tag.as_str());
-                    let digest = f.put_manifest(&image.repo, tag, &m.media_type, m.bytes.clone());
-                    assert_eq!(digest, m.digest);
-                }
-            }
-        }
-    }
-
-    /// How many times the upstream sent blob `digest` of `size` bytes to
-    /// regcache (complete transfers).
-    pub(crate) fn blob_fetches(&self, digest: &str, size: usize) -> f64 {
-        match self {
-            Upstream::Docker(r) => r.requests("GET", &format!("/blobs/{digest}")) as f64,
-            Upstream::K8sLike(f) => f.sent(digest) as f64 / size as f64,
-        }
-    }
-
-    /// Makes the upstream unreachable.
-    pub(crate) fn stop(&mut self) {
-        match self {
-            Upstream::Docker(r) => r.stop(),
-            Upstream::K8sLike(f) => f.set_down(true),
-        }
-    }
-}
+use crate::support::upstream::Upstream;
 
 /// The three test images; names are per test so failures are easy to read.
 fn test_images(seed: u64) -> Vec<Image> {

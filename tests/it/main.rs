@@ -2,6 +2,8 @@
 //! executable against in-process fake upstreams and real third-party software.
 //! Add new test modules here, one line each with a comment.
 
+/// Air gap: prefetch + export from A, import into an offline B, every client pulls; skopeo layouts; damaged tars.
+mod airgap;
 /// Bad input, read-only methods, _catalog, tags/list pagination.
 mod api;
 /// Client authentication: htpasswd (bcrypt) users, 401 before any upstream request, limits, reload, real clients with credentials.
@@ -26,6 +28,8 @@ mod interop;
 mod ops;
 /// The Dockerfile copies what the build reads; the image runs `serve` unprivileged.
 mod packaging;
+/// `regcache prefetch` through regcache from the k8s-like fake and docker-registry: blobs fetched once, offline pulls, platforms, failures.
+mod prefetch;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
 /// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale), docker-registry's fallback tag or an empty index, cached manifests naming the subject.
@@ -38,6 +42,8 @@ mod routing;
 mod routing_interop;
 /// Scale-out shapes: replicas behind nginx's consistent hash, edge and regional tiers.
 mod scaleout;
+/// `regcache scan` over the fixture tree: references with lines, --list, --json, exit status, --fix diffs.
+mod scan;
 /// TLS on regcache's listener: h2/h1.1, a mismatched key refused, reloads without dropping connections, skopeo/podman/containerd over TLS.
 mod serving_tls;
 /// Every error answer against the distribution spec's error-code table (status, code, body; HEAD without a body).

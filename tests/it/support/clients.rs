@@ -372,8 +372,29 @@ pub fn skopeo_inspect_direct(mirror: &str, image: &Image) -> Result<String, Stri
     Ok(super::sha256(raw.as_bytes()))
 }
 
+/// `skopeo copy [--all] SRC DST` between any two transports (`oci:`,
+/// `oci-archive:`, `dir:`, or `docker://` of a plain-HTTP loopback registry);
+/// no mirror configuration is involved.
+pub fn skopeo_copy_plain(src: &str, dst: &str, all: bool) -> Result<String, String> {
+    let conf = ContainersConfig::new(CLOSED_UPSTREAM);
+    let mut cmd = Command::new("skopeo");
+    conf.apply(&mut cmd);
+    cmd.arg("--registries-conf")
+        .arg(conf.path("registries.conf"))
+        .arg("--policy")
+        .arg(conf.path("policy.json"))
+        .args(["copy", "--retry-times=0"]);
+    if src.starts_with("docker://") {
+        cmd.arg("--src-tls-verify=false");
+    }
+    if all {
+        cmd.arg("--all");
+    }
+    run(cmd.arg(src).arg(dst))
+}
+
 /// Reads a `dir:` layout, hashing every file against the digest its name says.
-fn read_dir_layout(dir: &Path) -> Result<Stored, String> {
+pub fn read_dir_layout(dir: &Path) -> Result<Stored, String> {
     let mut top = None;
     let mut digests = BTreeSet::new();
     for entry in std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {

@@ -29,6 +29,8 @@ pub mod seed;
 pub mod tinyproxy;
 /// Test-time certificates (rcgen): a CA per test, 127.0.0.x leaves, rustls server configs.
 pub mod tls;
+/// One upstream of either kind (docker-registry or the k8s-like fake): seed, count blob fetches, stop.
+pub mod upstream;
 
 // The helpers most tests use, at `support::` directly.
 pub use config::{config_toml, config_toml_with, three_upstreams_toml};
