@@ -73,6 +73,12 @@ impl Pin {
     fn matches_repo(&self, upstream: &str, repo: &str) -> bool {
         self.upstream == upstream && glob(&self.repo, repo)
     }
+
+    /// Whether this pattern selects `tag` of `repo` of `upstream` (a pattern
+    /// without a tag selects every tag of the repositories it matches).
+    pub fn selects_tag(&self, upstream: &str, repo: &str, tag: &str) -> bool {
+        self.matches_repo(upstream, repo) && self.tag.as_deref().is_none_or(|g| glob(g, tag))
+    }
 }
 
 impl fmt::Display for Pin {
@@ -237,6 +243,17 @@ mod tests {
         assert!(glob("v*-rc*", "v1.2-rc3"));
         assert!(!glob("v*-rc*", "v1.2"));
         assert!(glob("a*b*c", "aXbYbZc"));
+    }
+
+    #[test]
+    fn a_pattern_selects_tags_of_its_upstream_and_repositories() {
+        let tagged = Pin::parse("k8s.gcr.io/coredns/*:v1.*", resolve).unwrap();
+        assert!(tagged.selects_tag("registry.k8s.io", "coredns/coredns", "v1.11.1"));
+        assert!(!tagged.selects_tag("registry.k8s.io", "coredns/coredns", "v2.0"));
+        assert!(!tagged.selects_tag("registry.k8s.io", "pause", "v1.0"));
+        assert!(!tagged.selects_tag("docker.io", "coredns/coredns", "v1.0"));
+        let every_tag = Pin::parse("registry.k8s.io/pause", resolve).unwrap();
+        assert!(every_tag.selects_tag("registry.k8s.io", "pause", "anything"));
     }
 
     #[test]

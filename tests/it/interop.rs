@@ -187,7 +187,7 @@ fn k8s_like_upstream_with_token() {
 #[test]
 fn clients_never_fall_back_to_the_real_registry() {
     let image = images::oci_three_layers("interop/no-fallback", "v1", 7);
-    let closed = format!("127.0.0.1:{}", crate::support::docker_registry::free_port());
+    let closed = format!("127.0.0.1:{}", crate::support::process::free_port());
     for client in Client::ALL {
         let platforms = client.pulls_for(&image)[0];
         let err = client

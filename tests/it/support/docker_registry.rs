@@ -5,14 +5,13 @@
 //! is kept so tests can count the requests it served. It listens only on
 //! loopback and is never pointed at any other registry.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::images::Image;
+use super::process::{collect, free_port};
 
 /// The Debian binary (package `docker-registry`).
 pub const BINARY: &str = "/usr/bin/docker-registry";
@@ -232,14 +231,6 @@ impl Drop for DockerRegistry {
     }
 }
 
-/// A port that was free a moment ago (bound on 127.0.0.1:0, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
 /// A plain-HTTP reqwest client for loopback (no proxy from the environment).
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -256,17 +247,4 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .build()
         .expect("tokio runtime")
         .block_on(future)
-}
-
-/// Copies a child's output, line by line, into `log` (on its own thread).
-pub fn collect(stream: impl std::io::Read + Send + 'static, log: &Arc<Mutex<String>>) {
-    let log = Arc::clone(log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut log = log.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
 }

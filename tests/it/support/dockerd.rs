@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::clients::{Containerd, run};
+use super::process::terminate;
 
 /// Debian's daemon and CLI (package `docker.io`), by path: another `docker` on
 /// `PATH` must not stand in for them.
@@ -153,17 +154,7 @@ impl Dockerd {
             return;
         }
         self.stopped = true;
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, STOP_TIMEOUT);
         self.kill_managed_containerd();
         self.unmount_leftovers();
     }

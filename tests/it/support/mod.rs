@@ -21,6 +21,8 @@ pub mod http;
 pub mod images;
 /// Debian's nginx in front of regcache replicas, on a generated nginx.conf.
 pub mod nginx;
+/// Child processes: a free port, output collected into a log, SIGTERM then SIGKILL.
+pub mod process;
 /// The real regcache binary on a loopback port.
 pub mod regcache;
 /// Images seeded into the fake as plain data, and the pull every test makes of them.
