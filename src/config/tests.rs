@@ -4,8 +4,10 @@
 use super::*;
 use std::collections::HashMap;
 
+/// Environment variables and files by name, for the config tests here and in
+/// `walker::egress`.
 #[derive(Default)]
-struct FakeSecrets(HashMap<String, String>);
+pub(crate) struct FakeSecrets(pub(crate) HashMap<String, String>);
 
 impl Secrets for FakeSecrets {
     fn env(&self, name: &str) -> Option<String> {

@@ -131,33 +131,37 @@ async fn an_untrusted_certificate_names_its_issuer_and_ca_file() {
 async fn a_certificate_for_another_address_is_a_name_mismatch() {
     let ca = TestCa::new("wrong-name");
     let leaf = ca.leaf(&["127.0.0.9", "elsewhere.example"]);
-    let fake = FakeUpstream::k8s_like_tls(leaf.server_config(Alpn::H2));
-    let image = seed_image(&fake, "pause", "3.10", 1024);
-    let rc = regcache(&fake, &ca_line(&ca), "");
-    let (status, message) = manifest_error(&rc, &image).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
-    let front = host_port(&fake, Host::Front);
-    assert!(
-        message.contains(&format!("TLS certificate is not valid for {front}")),
-        "{message}"
-    );
-    assert_eq!(fake.total_hits(), 0);
+    assert_handshake_refused(&ca, leaf.server_config(Alpn::H2), |front| {
+        format!("TLS certificate is not valid for {front}")
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_expired_certificate_says_expired() {
     let ca = TestCa::new("expired");
     let leaf = ca.expired_leaf(&FAKE_IPS);
-    let fake = FakeUpstream::k8s_like_tls(leaf.server_config(Alpn::H2));
+    assert_handshake_refused(&ca, leaf.server_config(Alpn::H2), |front| {
+        format!("TLS certificate of {front} has expired")
+    })
+    .await;
+}
+
+/// The chain served with `server` while regcache trusts `ca`: the pull is a
+/// 502 whose message names the cause (`cause` of the front host), and no
+/// request gets past the handshake.
+async fn assert_handshake_refused(
+    ca: &TestCa,
+    server: std::sync::Arc<rustls::ServerConfig>,
+    cause: impl Fn(&str) -> String,
+) {
+    let fake = FakeUpstream::k8s_like_tls(server);
     let image = seed_image(&fake, "pause", "3.10", 1024);
-    let rc = regcache(&fake, &ca_line(&ca), "");
+    let rc = regcache(&fake, &ca_line(ca), "");
     let (status, message) = manifest_error(&rc, &image).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
-    let front = host_port(&fake, Host::Front);
-    assert!(
-        message.contains(&format!("TLS certificate of {front} has expired")),
-        "{message}"
-    );
+    let expected = cause(&host_port(&fake, Host::Front));
+    assert!(message.contains(&expected), "{message}");
     assert_eq!(fake.total_hits(), 0);
 }
 

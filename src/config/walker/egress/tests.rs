@@ -1,24 +1,9 @@
 //! Unit tests of the egress keys: defaults merged under each upstream, the
 //! proxy from the file or the environment, credentials kept out of URLs.
 
-use std::collections::HashMap;
-
 use crate::config::*;
 
-#[derive(Default)]
-struct Env(HashMap<String, String>);
-
-impl Secrets for Env {
-    fn env(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
-    }
-    fn file(&self, path: &str) -> std::io::Result<String> {
-        self.0
-            .get(path)
-            .cloned()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
-    }
-}
+use crate::config::tests::FakeSecrets as Env;
 
 const BASE: &str = "[server]\nlisten='127.0.0.1:1'\n[storage]\ndata_dir='d'\n";
 
