@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use toml::Value;
 
-use super::{Config, EvictionConfig, Loaded, UpstreamConfig};
+use super::{Config, EvictionConfig, Loaded, ProxySource, UpstreamConfig};
 
 /// The configuration in `loaded` as TOML, a `# <source>` comment on each line.
 pub fn render(loaded: &Loaded) -> String {
@@ -19,8 +19,10 @@ pub fn render(loaded: &Loaded) -> String {
         "Layers, later ones winning: embedded default, file, REGCACHE_* environment, flags.",
     );
     server_and_storage(&mut lines, &loaded.config, loaded);
+    scan(&mut lines, &loaded.config, loaded);
     for (i, upstream) in loaded.config.upstreams.iter().enumerate() {
         self::upstream(&mut lines, i, upstream, loaded);
+        egress(&mut lines, i, upstream, loaded);
     }
     lines.finish()
 }
@@ -28,6 +30,21 @@ pub fn render(loaded: &Loaded) -> String {
 fn server_and_storage(lines: &mut Lines, config: &Config, loaded: &Loaded) {
     lines.header("[server]");
     lines.value(loaded, "server.listen", string(config.listen.to_string()));
+    if let Some(tls) = &config.tls {
+        lines.header("[server.tls]");
+        lines.value(loaded, "server.tls.cert_file", path(&tls.cert_file));
+        lines.value(loaded, "server.tls.key_file", path(&tls.key_file));
+    }
+    if let Some(auth) = &config.auth {
+        lines.header("[server.auth]");
+        lines.value(loaded, "server.auth.htpasswd", path(&auth.htpasswd));
+        lines.value(
+            loaded,
+            "server.auth.required",
+            Value::Boolean(auth.required),
+        );
+        lines.value(loaded, "server.auth.realm", string(auth.realm.clone()));
+    }
     lines.header("[storage]");
     let data_dir = config.data_dir.display().to_string();
     lines.value(loaded, "storage.data_dir", string(data_dir));
@@ -87,12 +104,75 @@ fn upstream(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loa
     }
 }
 
+fn scan(lines: &mut Lines, config: &Config, loaded: &Loaded) {
+    lines.header("[scan]");
+    let frozen = config.scan.frozen.iter();
+    let frozen = frozen.map(|(old, new)| string(format!("{old}={new}")));
+    lines.value(loaded, "scan.frozen", Value::Array(frozen.collect()));
+}
+
+/// An upstream's TLS, proxy and probe keys: its own, else `[upstream_defaults]`'s
+/// (each line says which), else the process environment for the proxy.
+fn egress(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loaded) {
+    let source = |name: &str| {
+        let own = format!("upstream[{i}].{name}");
+        let shared = format!("upstream_defaults.{name}");
+        match loaded.sources.get(&own) {
+            Some(source) => source.to_string(),
+            None => loaded.source(&shared).to_string(),
+        }
+    };
+    let mut value = |name: &str, value: Value| lines.value_from(name, value, source(name));
+    let egress = &upstream.egress;
+    if let Some(image) = &upstream.probe_image {
+        value("probe_image", string(image.clone()));
+    }
+    if let Some(ca) = &egress.ca_file {
+        value("ca_file", path(ca));
+    }
+    if let Some(identity) = &egress.client_identity {
+        value("client_cert_file", path(&identity.cert_file));
+        value("client_key_file", path(&identity.key_file));
+    }
+    let proxies = &egress.proxy;
+    match proxies.source {
+        ProxySource::Disabled => value("proxy", string("none".into())),
+        ProxySource::Config => {
+            if let Some(proxy) = proxies.https.as_ref().or(proxies.http.as_ref()) {
+                value("proxy", string(proxy.url.to_string()));
+                if let Some(credentials) = &proxy.credentials {
+                    value("proxy_username", string(credentials.username.clone()));
+                    // Where the password is read from, never the password itself.
+                    for from in ["proxy_password_env", "proxy_password_file"] {
+                        let given = merged_upstream_key(loaded, i, from)
+                            .or_else(|| loaded.merged.get("upstream_defaults")?.get(from));
+                        if let Some(given) = given {
+                            value(from, given.clone());
+                        }
+                    }
+                }
+            }
+        }
+        ProxySource::Environment => {}
+    }
+    let no_proxy = proxies.no_proxy.iter().cloned().map(string).collect();
+    if proxies.source != ProxySource::Environment {
+        value("no_proxy", Value::Array(no_proxy));
+    } else {
+        lines.comment("proxy: from HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY, when set");
+    }
+}
+
 fn merged_upstream_key<'a>(loaded: &'a Loaded, i: usize, key: &str) -> Option<&'a Value> {
     loaded.merged.get("upstream")?.get(i)?.get(key)
 }
 
 fn string(s: String) -> Value {
     Value::String(s)
+}
+
+fn path(p: &std::path::Path) -> Value {
+    string(p.display().to_string())
 }
 
 /// `5m`, `30s`, `1h 30m`: the form the file takes.
@@ -130,7 +210,10 @@ impl Lines {
 
     fn value(&mut self, loaded: &Loaded, key: &str, value: Value) {
         let name = key.rsplit('.').next().unwrap_or(key);
-        let source = loaded.source(key).to_string();
+        self.value_from(name, value, loaded.source(key).to_string());
+    }
+
+    fn value_from(&mut self, name: &str, value: Value, source: String) {
         self.lines.push((format!("{name} = {value}"), Some(source)));
     }
 

@@ -116,3 +116,87 @@ fn check_validates_without_starting() {
     );
     assert!(text(&out.stderr).contains("REGCACHE_STORAGE_MAXSIZE"));
 }
+
+/// `config show` covers every section: the listener's TLS and users, `[scan]`,
+/// each upstream's CA, client certificate and proxy (its own or from
+/// `[upstream_defaults]`, said so), and what it prints loads back the same.
+#[test]
+fn show_covers_tls_auth_scan_and_egress_and_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("regcache.toml");
+    std::fs::write(
+        &file,
+        r#"
+[server]
+listen = "127.0.0.1:5000"
+[server.tls]
+cert_file = "/etc/regcache/tls.crt"
+key_file = "/etc/regcache/tls.key"
+[server.auth]
+htpasswd = "/etc/regcache/htpasswd"
+required = true
+[storage]
+data_dir = "/var/lib/regcache"
+[scan]
+frozen = ["old.example=new.example"]
+[upstream_defaults]
+proxy = "http://proxy.corp.example:3128"
+proxy_username = "svc"
+proxy_password_env = "CORP_PROXY_PASSWORD"
+no_proxy = [".corp.example"]
+[[upstream]]
+name = "registry.k8s.io"
+url = "https://registry.k8s.io"
+default = true
+ca_file = "/etc/ssl/corp-ca.pem"
+[[upstream]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+proxy = "none"
+"#,
+    )
+    .unwrap();
+    let env = [("CORP_PROXY_PASSWORD", "s3cret-proxy-pw")];
+    let out = regcache(
+        &["config", "show", "--config", file.to_str().unwrap()],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let line = |start: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start:?} line:\n{shown}"))
+            .to_owned()
+    };
+    for header in ["[server.tls]", "[server.auth]", "[scan]"] {
+        assert!(shown.lines().any(|l| l == header), "{header}:\n{shown}");
+    }
+    assert!(line("required = true").contains("# file"));
+    assert!(line("frozen = [\"old.example=new.example\"]").contains("# file"));
+    assert!(line("ca_file = \"/etc/ssl/corp-ca.pem\"").contains("# file"));
+    assert!(line("proxy = \"http://proxy.corp.example:3128/\"").contains("# file"));
+    assert!(line("proxy_password_env = \"CORP_PROXY_PASSWORD\"").contains("# file"));
+    assert!(line("proxy = \"none\"").contains("# file"));
+    assert!(!shown.contains("s3cret-proxy-pw"), "a secret was shown");
+
+    let again = dir.path().join("shown.toml");
+    std::fs::write(&again, &shown).unwrap();
+    let out = regcache(
+        &["config", "show", "--config", again.to_str().unwrap()],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let values = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split("  #").next().unwrap_or(l).trim_end().to_owned())
+            .filter(|l| !l.starts_with('#'))
+            .collect()
+    };
+    assert_eq!(
+        values(&text(&out.stdout)),
+        values(&shown),
+        "loads back the same"
+    );
+}
