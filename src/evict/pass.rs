@@ -11,6 +11,10 @@ use crate::index::{Index, LruRow};
 use crate::oci::Digest;
 use crate::store::Store;
 
+/// Rows `collect` deletes per transaction: a running server's index writes
+/// wait at most for one such batch (milliseconds), however much is evicted.
+const COLLECT_BATCH: usize = 32;
+
 /// Evicts least-recently-used unpinned content until at most `target_bytes` are
 /// committed: for `regcache gc --to SIZE`, from a process separate from a
 /// running `serve` on the same data directory. The server notices the freed
@@ -31,9 +35,14 @@ pub async fn collect(
     let rows = index.content_by_last_access().await?;
     let pinned_bytes = sum_pinned(&rows, &pinned);
     let victims = pick(rows, &pinned, usage, target_bytes, |_| false);
-    let evicted = index.remove_contents(victims).await?;
-    for (digest, _) in &evicted {
-        store.remove(digest).await?;
+    let mut evicted = Vec::with_capacity(victims.len());
+    // Small transactions: the server's commits wait for each one, not for all.
+    for batch in victims.chunks(COLLECT_BATCH) {
+        let removed = index.remove_contents(batch.to_vec()).await?;
+        for (digest, _) in &removed {
+            store.remove(digest).await?;
+        }
+        evicted.extend(removed);
     }
     let freed_bytes = evicted.iter().map(|(_, size)| size).sum();
     Ok(EvictReport {

@@ -4,6 +4,8 @@
 
 /// Bad input, read-only methods, _catalog, tags/list pagination.
 mod api;
+/// Operator commands beside a running server: `gc` in a loop never aborts a pull; a commit without its row still serves; `stats` shows the server's budget.
+mod beside;
 /// Configuration layers through the binary: flags over a partial file, REGCACHE_* variables, `config show` and `config check`.
 mod config_cli;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
