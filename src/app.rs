@@ -61,7 +61,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let default = config.default_upstream();
     let counters = Arc::new(Counters::default());
-    let stats = StatsWriter::new(&config.data_dir, Arc::clone(&counters));
+    let stats = StatsWriter::new(
+        &config.data_dir,
+        config.eviction.budget,
+        Arc::clone(&counters),
+    );
     // Written once before "listening": the file is there when the server is.
     stats
         .write()

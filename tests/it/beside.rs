@@ -182,3 +182,50 @@ fn content_rows(data: &Path) -> u64 {
     conn.query_row("SELECT count(*) FROM content", [], |row| row.get(0))
         .unwrap()
 }
+
+/// `stats` beside `serve --max-size 80MiB` shows the server's 80 MiB and says
+/// they come from it; once it is stopped, the configuration `stats` was given
+/// (here the embedded default, 20 GiB) and says so. `gc` works in both cases.
+#[tokio::test]
+async fn stats_shows_the_running_servers_budget_and_where_it_comes_from() {
+    let fake = FakeUpstream::k8s_like();
+    let image = seed_image(&fake, "app", "v1", 1024 * 1024);
+    let mut server = start(&fake, &["--max-size", "80MiB"]);
+    let data = server.data_dir().to_path_buf();
+    pull(&server.url(), &image).await;
+
+    let text = ok_cmd(&data, &["stats"]).await;
+    eprintln!("stats beside `serve --max-size 80MiB`:\n{text}");
+    let pid = server.pid();
+    assert!(text.contains("of 80.0 MiB"), "{text}");
+    assert!(
+        text.contains(&format!("from the running server, pid {pid}")),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok_cmd(&data, &["stats", "--json"]).await).unwrap();
+    assert_eq!(json["budget_bytes"], 80 * 1024 * 1024);
+    assert_eq!(json["budget"]["max_size"], 80 * 1024 * 1024);
+    assert_eq!(json["budget_source"], "server");
+    assert_eq!(json["server"]["pid"], pid);
+    let gc = ok_cmd(&data, &["gc", "--to", "0"]).await;
+    assert!(gc.contains("evicted 3"), "{gc}");
+
+    server.stop();
+    let text = ok_cmd(&data, &["stats"]).await;
+    eprintln!("stats with the server stopped:\n{text}");
+    assert!(text.contains("of 20.0 GiB"), "{text}");
+    assert!(
+        text.contains("from the files, with the configuration given"),
+        "{text}"
+    );
+    assert!(text.contains("server: not running"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok_cmd(&data, &["stats", "--json"]).await).unwrap();
+    assert_eq!(json["budget_source"], "config");
+    assert!(json["server"].is_null());
+    let gc = ok_cmd(&data, &["gc", "--to", "0"]).await;
+    assert!(gc.contains("evicted 0"), "{gc}");
+    let verified = ok_cmd(&data, &["verify"]).await;
+    assert!(verified.contains("all good"), "{verified}");
+}
