@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::index::{self, Index};
 use crate::listener::{Certificate, TlsListener};
+use crate::ops::admin::AdminSocket;
 use crate::ops::server_stats::StatsWriter;
 use crate::registry::Registry;
 use crate::store::{self, Store};
@@ -72,6 +73,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("writing the server statistics file")?;
     let stats_task = tokio::spawn(stats.clone().run(STATS_INTERVAL));
+    // Without the socket (a data directory path longer than a socket address
+    // allows, a file system without sockets) operator commands work on the
+    // files, as they always could: not a reason to refuse to serve.
+    let admin = AdminSocket::bind(&config.data_dir, Arc::clone(registry.evictor()))
+        .inspect_err(|e| tracing::warn!(error = %format!("{e:#}"), "no admin socket; `regcache gc` will work on the files"))
+        .ok();
     let scheme = if certificate.is_some() {
         "https"
     } else {
@@ -101,6 +108,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     stats_task.abort();
+    if let Some(admin) = admin {
+        admin.close();
+    }
     if let Err(e) = stats.write().await {
         tracing::warn!(error = %e, "cannot write the final server statistics");
     }

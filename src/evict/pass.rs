@@ -107,9 +107,29 @@ impl Evictor {
         if committed + reserved + extra <= trigger {
             return Ok(EvictReport::default());
         }
+        let target = self.budget.low().saturating_sub(reserved + extra);
+        self.evict_to(committed, reserved, extra, target).await
+    }
+
+    /// `regcache gc` asked through the admin socket: evicts least recently
+    /// used unpinned content until at most `target` bytes are committed, like
+    /// a pass (commit guards respected, memory dropped with the rows).
+    pub async fn collect_to(&self, target: u64) -> Result<EvictReport, Error> {
+        let _one = self.pass.lock().await;
+        let (committed, reserved) = lock(&self.usage).totals();
+        self.evict_to(committed, reserved, 0, target).await
+    }
+
+    /// The pass proper, under the pass lock: rows, memory, then files.
+    async fn evict_to(
+        &self,
+        committed: u64,
+        reserved: u64,
+        extra: u64,
+        target: u64,
+    ) -> Result<EvictReport, Error> {
         // LRU order must see the latest hits.
         self.flush_access().await;
-        let target = self.budget.low().saturating_sub(reserved + extra);
         let pinned = self.pins.pinned_digests(&self.index, &self.store).await?;
         let rows = self.index.content_by_last_access().await?;
         let pinned_bytes = sum_pinned(&rows, &pinned);

@@ -9,6 +9,7 @@
 //! code; `main` only parses arguments. Like `app`, this is a command layer, so
 //! its errors are `anyhow` with context.
 
+pub mod admin;
 pub mod format;
 pub mod gc;
 pub mod ls;

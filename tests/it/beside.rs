@@ -1,9 +1,12 @@
 //! Operator commands run from a second process beside a running `serve` on the
-//! same data directory: `gc --to` in a loop while clients pull cold and warm
-//! blobs (no response aborted, every digest right, `verify` clean after); a
+//! same data directory: `gc --to` in a loop (through the server's admin
+//! socket) and another connection's write locks on the index while clients
+//! pull cold and warm blobs (no response aborted, every digest right, `verify`
+//! clean after); a
 //! commit whose index row cannot be written still ends its body complete and
 //! the file is adopted at the next start; `stats` shows the running server's
-//! budget and says so, and the configured one once the server is stopped.
+//! budget and says so, and the configured one once the server is stopped;
+//! `gc` goes through the server while it runs and to the files after.
 //!
 //! Talks only to 127.0.0.1; every server a test starts is dropped by the test.
 
@@ -103,10 +106,31 @@ async fn gc_in_a_loop_beside_pulling_clients_aborts_no_response() {
                 let out = regcache_cmd(&data, &["gc", "--to", "2MiB"]).await;
                 let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
                 assert!(out.status.success(), "gc run {runs} failed: {stderr}");
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                assert!(stdout.contains("evicted by the running server"), "{stdout}");
                 runs += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             runs
+        })
+    };
+    // Meanwhile another process's write transactions on the index (an
+    // operator's `sqlite3` shell, a `gc` of an older build working on the
+    // files): 300 ms each, rolled back, every 100 ms.
+    let holder = {
+        let (path, stop) = (data.join("index.db"), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.busy_timeout(Duration::from_secs(30)).unwrap();
+            let mut held = 0;
+            while !stop.load(Ordering::Relaxed) {
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                conn.execute_batch("ROLLBACK").unwrap();
+                held += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            held
         })
     };
     let mut failures = Vec::new();
@@ -115,9 +139,11 @@ async fn gc_in_a_loop_beside_pulling_clients_aborts_no_response() {
     }
     stop.store(true, Ordering::Relaxed);
     let gc_runs = gc_loop.await.expect("gc loop");
+    let locks_held = holder.join().expect("lock holder");
     let pulls = pulls.load(Ordering::Relaxed);
     eprintln!(
-        "beside: {pulls} pulls ({} responses), {gc_runs} gc runs, {} failed responses",
+        "beside: {pulls} pulls ({} responses), {gc_runs} gc runs, {locks_held} write locks held \
+         by another connection, {} failed responses",
         pulls * 3,
         failures.len()
     );
@@ -185,7 +211,8 @@ fn content_rows(data: &Path) -> u64 {
 
 /// `stats` beside `serve --max-size 80MiB` shows the server's 80 MiB and says
 /// they come from it; once it is stopped, the configuration `stats` was given
-/// (here the embedded default, 20 GiB) and says so. `gc` works in both cases.
+/// (here the embedded default, 20 GiB) and says so. `gc` goes through the
+/// server's admin socket (0600) while it runs, and works on the files after.
 #[tokio::test]
 async fn stats_shows_the_running_servers_budget_and_where_it_comes_from() {
     let fake = FakeUpstream::k8s_like();
@@ -208,8 +235,21 @@ async fn stats_shows_the_running_servers_budget_and_where_it_comes_from() {
     assert_eq!(json["budget"]["max_size"], 80 * 1024 * 1024);
     assert_eq!(json["budget_source"], "server");
     assert_eq!(json["server"]["pid"], pid);
+    let socket = data.join("admin.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     let gc = ok_cmd(&data, &["gc", "--to", "0"]).await;
     assert!(gc.contains("evicted 3"), "{gc}");
+    assert!(
+        gc.contains(&format!("evicted by the running server, pid {pid}")),
+        "{gc}"
+    );
+    server.wait_for_log("gc requested on the admin socket");
+    // The server's own accounting saw it: what it evicted is fetched again.
+    let layer_gets = fake.hits(&image.layer().digest);
+    pull(&server.url(), &image).await;
+    assert!(fake.hits(&image.layer().digest) > layer_gets);
 
     server.stop();
     let text = ok_cmd(&data, &["stats"]).await;
@@ -224,8 +264,13 @@ async fn stats_shows_the_running_servers_budget_and_where_it_comes_from() {
         serde_json::from_str(&ok_cmd(&data, &["stats", "--json"]).await).unwrap();
     assert_eq!(json["budget_source"], "config");
     assert!(json["server"].is_null());
+    // Killed: its socket file is left, nobody listens; gc works on the files.
     let gc = ok_cmd(&data, &["gc", "--to", "0"]).await;
-    assert!(gc.contains("evicted 0"), "{gc}");
+    assert!(gc.contains("evicted 3"), "{gc}");
+    assert!(
+        gc.contains("evicted from the files (no server running)"),
+        "{gc}"
+    );
     let verified = ok_cmd(&data, &["verify"]).await;
     assert!(verified.contains("all good"), "{verified}");
 }
