@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::index::{self, Index};
 use crate::listener::{Certificate, PlainListener, TlsListener};
+use crate::ops::admin::AdminSocket;
 use crate::ops::server_stats::StatsWriter;
 use crate::registry::Registry;
 use crate::store::{self, Store};
@@ -67,14 +68,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let default = config.default_upstream();
     let counters = Arc::new(Counters::default());
     let seen_by = Arc::clone(&registry);
-    let stats = StatsWriter::new(&config.data_dir, Arc::clone(&counters))
-        .with_hosts(Arc::new(move || seen_by.upstream_hosts_seen()));
+    let stats = StatsWriter::new(
+        &config.data_dir,
+        config.eviction.budget,
+        Arc::clone(&counters),
+    )
+    .with_hosts(Arc::new(move || seen_by.upstream_hosts_seen()));
     // Written once before "listening": the file is there when the server is.
     stats
         .write()
         .await
         .context("writing the server statistics file")?;
     let stats_task = tokio::spawn(stats.clone().run(STATS_INTERVAL));
+    // Without the socket (a data directory path longer than a socket address
+    // allows, a file system without sockets) operator commands work on the
+    // files, as they always could: not a reason to refuse to serve.
+    let admin = AdminSocket::bind(&config.data_dir, Arc::clone(registry.evictor()))
+        .inspect_err(|e| tracing::warn!(error = %format!("{e:#}"), "no admin socket; `regcache gc` will work on the files"))
+        .ok();
     let scheme = if certificate.is_some() {
         "https"
     } else {
@@ -99,6 +110,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     stats_task.abort();
     if let Some(watch) = users_watch {
         watch.abort();
+    }
+    if let Some(admin) = admin {
+        admin.close();
     }
     if let Err(e) = stats.write().await {
         tracing::warn!(error = %e, "cannot write the final server statistics");

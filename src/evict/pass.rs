@@ -11,6 +11,10 @@ use crate::index::{Index, LruRow};
 use crate::oci::Digest;
 use crate::store::Store;
 
+/// Rows `collect` deletes per transaction: a running server's index writes
+/// wait at most for one such batch (milliseconds), however much is evicted.
+const COLLECT_BATCH: usize = 32;
+
 /// Evicts least-recently-used unpinned content until at most `target_bytes` are
 /// committed: for `regcache gc --to SIZE`, from a process separate from a
 /// running `serve` on the same data directory. The server notices the freed
@@ -31,9 +35,14 @@ pub async fn collect(
     let rows = index.content_by_last_access().await?;
     let pinned_bytes = sum_pinned(&rows, &pinned);
     let victims = pick(rows, &pinned, usage, target_bytes, |_| false);
-    let evicted = index.remove_contents(victims).await?;
-    for (digest, _) in &evicted {
-        store.remove(digest).await?;
+    let mut evicted = Vec::with_capacity(victims.len());
+    // Small transactions: the server's commits wait for each one, not for all.
+    for batch in victims.chunks(COLLECT_BATCH) {
+        let removed = index.remove_contents(batch.to_vec()).await?;
+        for (digest, _) in &removed {
+            store.remove(digest).await?;
+        }
+        evicted.extend(removed);
     }
     let freed_bytes = evicted.iter().map(|(_, size)| size).sum();
     Ok(EvictReport {
@@ -98,9 +107,29 @@ impl Evictor {
         if committed + reserved + extra <= trigger {
             return Ok(EvictReport::default());
         }
+        let target = self.budget.low().saturating_sub(reserved + extra);
+        self.evict_to(committed, reserved, extra, target).await
+    }
+
+    /// `regcache gc` asked through the admin socket: evicts least recently
+    /// used unpinned content until at most `target` bytes are committed, like
+    /// a pass (commit guards respected, memory dropped with the rows).
+    pub async fn collect_to(&self, target: u64) -> Result<EvictReport, Error> {
+        let _one = self.pass.lock().await;
+        let (committed, reserved) = lock(&self.usage).totals();
+        self.evict_to(committed, reserved, 0, target).await
+    }
+
+    /// The pass proper, under the pass lock: rows, memory, then files.
+    async fn evict_to(
+        &self,
+        committed: u64,
+        reserved: u64,
+        extra: u64,
+        target: u64,
+    ) -> Result<EvictReport, Error> {
         // LRU order must see the latest hits.
         self.flush_access().await;
-        let target = self.budget.low().saturating_sub(reserved + extra);
         let pinned = self.pins.pinned_digests(&self.index, &self.store).await?;
         let rows = self.index.content_by_last_access().await?;
         let pinned_bytes = sum_pinned(&rows, &pinned);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::{Error, migrate};
 
@@ -41,7 +41,7 @@ impl Db {
     /// pending migrations before any reader exists.
     pub(super) fn open(path: &Path) -> Result<Self, Error> {
         let mut writer = Connection::open(path).map_err(|e| Error::from_sqlite("open", path, e))?;
-        configure_writer(&writer, path)?;
+        configure_writer(&mut writer, path)?;
         migrate::run(&mut writer, path)?;
         let readers = (0..READERS)
             .map(|_| open_reader(path).map(Mutex::new))
@@ -63,9 +63,9 @@ impl Db {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
                 | OpenFlags::SQLITE_OPEN_URI;
-            let conn = Connection::open_with_flags(path, flags)
+            let mut conn = Connection::open_with_flags(path, flags)
                 .map_err(|e| Error::from_sqlite("open", path, e))?;
-            configure_writer(&conn, path)?;
+            configure_writer(&mut conn, path)?;
             conn
         } else {
             open_reader(path)?
@@ -95,15 +95,28 @@ impl Db {
     }
 }
 
+/// Whether `e` is another connection's lock (`SQLITE_BUSY`, `SQLITE_LOCKED`)
+/// outlasting the busy timeout: worth trying again, unlike any other error.
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
+}
+
 /// A panic while a connection was locked leaves it usable: rusqlite's `Transaction`
 /// rolls back on drop, so there is no half-applied state to protect against.
 fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn configure_writer(conn: &Connection, path: &Path) -> Result<(), Error> {
+fn configure_writer(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     let sqlite = |e| Error::from_sqlite("configure", path, e);
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    // A deferred transaction that reads before it writes takes the write lock
+    // only at its first write, and SQLite then answers `SQLITE_BUSY` at once,
+    // without waiting the busy timeout (waiting could deadlock two readers that
+    // both want to write): that is how a server's commit failed beside `gc`.
+    // IMMEDIATE takes the write lock at `BEGIN`, where the busy timeout applies.
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
     // WAL: readers never block the writer nor each other. The mode is stored in the
     // file, so readers opened afterwards use it too.
     let mode: String = conn

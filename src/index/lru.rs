@@ -92,11 +92,11 @@ impl Index {
             {
                 let sql = "DELETE FROM content WHERE digest = ?1 RETURNING size";
                 let mut stmt = tx.prepare_cached(sql)?;
-                for digest in digests {
-                    let mut rows = stmt.query([&digest])?;
+                for digest in &digests {
+                    let mut rows = stmt.query([digest])?;
                     if let Some(row) = rows.next()? {
                         let size: i64 = row.get(0)?;
-                        removed.push((digest, u64::try_from(size).unwrap_or(0)));
+                        removed.push((digest.clone(), u64::try_from(size).unwrap_or(0)));
                     }
                 }
             }

@@ -17,7 +17,7 @@ mod ops;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -275,7 +275,7 @@ impl Index {
         let digest = digest.clone();
         self.write("remove_content", move |conn| {
             let mut stmt = conn.prepare_cached("DELETE FROM content WHERE digest = ?1")?;
-            stmt.execute([digest]).map(drop)
+            stmt.execute([&digest]).map(drop)
         })
         .await
     }
@@ -312,16 +312,80 @@ impl Index {
         tokio::task::spawn_blocking(task).await?
     }
 
-    /// Runs `update` on the writer connection, off the async runtime.
+    /// Runs `update` on the writer connection, off the async runtime. A lock
+    /// held by another process (an operator's `gc` or `verify`, a `sqlite3`
+    /// shell) is waited for: the busy timeout, then a few more tries after a
+    /// pause (the writer connection is free meanwhile), logged when slow. Only
+    /// then does the caller see `SQLITE_BUSY`.
     async fn write<T, F>(&self, op: &'static str, update: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnMut(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        let task =
-            move || update(&mut db.writer()).map_err(|e| Error::from_sqlite(op, &db.path, e));
+        let task = move || {
+            write_waiting(op, update, || db.writer())
+                .map_err(|e| Error::from_sqlite(op, &db.path, e))
+        };
         tokio::task::spawn_blocking(task).await?
+    }
+}
+
+/// Pauses between tries of a write that met another process's lock after the
+/// busy timeout; their count bounds how long a commit waits (about 4 × 5 s).
+const BUSY_RETRY_PAUSES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
+
+/// A write that took longer than this (waiting for a lock) is logged.
+const SLOW_WRITE: Duration = Duration::from_secs(1);
+
+/// Runs `update` on the connection `writer` locks, trying again after
+/// [`BUSY_RETRY_PAUSES`] while it fails with `SQLITE_BUSY`.
+fn write_waiting<T, C>(
+    op: &'static str,
+    mut update: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
+    writer: impl Fn() -> C,
+) -> rusqlite::Result<T>
+where
+    C: std::ops::DerefMut<Target = Connection>,
+{
+    let started = Instant::now();
+    let mut pauses = BUSY_RETRY_PAUSES.iter();
+    loop {
+        // The connection is released before any pause.
+        let result = update(&mut writer());
+        let waited = started.elapsed();
+        match result {
+            Err(e) if db::is_busy(&e) => {
+                let Some(pause) = pauses.next() else {
+                    tracing::error!(
+                        op,
+                        waited_ms = waited.as_millis() as u64,
+                        "index write gave up: another process holds the database lock"
+                    );
+                    return Err(e);
+                };
+                tracing::warn!(
+                    op,
+                    waited_ms = waited.as_millis() as u64,
+                    "index write waits for a lock another process holds"
+                );
+                std::thread::sleep(*pause);
+            }
+            result => {
+                if waited > SLOW_WRITE {
+                    tracing::warn!(
+                        op,
+                        waited_ms = waited.as_millis() as u64,
+                        "slow index write (another process held the database lock)"
+                    );
+                }
+                return result;
+            }
+        }
     }
 }
 

@@ -294,3 +294,77 @@ async fn linked_manifests_are_the_repos_manifests_only() {
         [mine]
     );
 }
+
+/// Another process (an operator's `gc`) holding the write lock: a write that
+/// reads first (`insert_content` checks whether the row existed) waits for it
+/// instead of failing with `SQLITE_BUSY` at its first write.
+#[tokio::test]
+async fn a_write_waits_for_a_lock_another_connection_holds() {
+    let (dir, index) = open();
+    let holder = rusqlite::Connection::open(dir.path().join("index.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    holder
+        .execute(
+            "INSERT INTO content (digest, size, media_type, created_at, last_access) \
+             VALUES (?1, 1, NULL, 0, 0)",
+            [Digest::sha256_of(b"gc")],
+        )
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    let row = blob(b"committed beside gc");
+    let started = std::time::Instant::now();
+    let new_row = index.insert_content(&row, UP, &repo("app")).await.unwrap();
+    assert!(new_row);
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    release.join().unwrap();
+    assert_eq!(index.content(&row.digest).await.unwrap(), Some(row));
+    assert_eq!(index.all_digests().await.unwrap().len(), 2);
+}
+
+/// Past the busy timeout a write is tried again a few times, then gives up
+/// with the busy error; any other error is returned at once.
+#[test]
+fn a_busy_write_is_retried_a_bounded_number_of_times() {
+    let busy = || {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None)
+    };
+    let conn = std::sync::Mutex::new(rusqlite::Connection::open_in_memory().unwrap());
+    let writer = || conn.lock().unwrap();
+    let mut tries = 0;
+    let ok = write_waiting(
+        "test",
+        |_| {
+            tries += 1;
+            if tries < 3 { Err(busy()) } else { Ok(tries) }
+        },
+        writer,
+    );
+    assert_eq!(ok.unwrap(), 3);
+
+    let mut tries = 0;
+    let gave_up = write_waiting(
+        "test",
+        |_| -> rusqlite::Result<()> {
+            tries += 1;
+            Err(busy())
+        },
+        writer,
+    );
+    assert!(db::is_busy(&gave_up.unwrap_err()));
+    assert_eq!(tries, BUSY_RETRY_PAUSES.len() + 1);
+
+    let mut tries = 0;
+    let other = write_waiting(
+        "test",
+        |_| -> rusqlite::Result<()> {
+            tries += 1;
+            Err(rusqlite::Error::QueryReturnedNoRows)
+        },
+        writer,
+    );
+    assert!(other.is_err());
+    assert_eq!(tries, 1);
+}

@@ -1,11 +1,13 @@
 //! `regcache gc [--to SIZE]`: evicts least-recently-used unpinned content now,
-//! down to `SIZE` bytes or, without it, to the configured low watermark. The
-//! eviction itself is the evictor's ([`crate::evict::collect`]): rows first in one
-//! transaction, then files, so it is safe beside a running server, which notices
-//! the freed space at its next interval. Prints what was deleted.
+//! down to `SIZE` bytes or, without it, to the low watermark. With a server
+//! running on the data directory it asks that server (the admin socket,
+//! [`super::admin`]), whose evictor respects its commit guards and memory;
+//! otherwise the eviction is [`crate::evict::collect`] on the files: rows first
+//! in small transactions, then files. Prints what was deleted, and by whom.
 
 use std::io::Write;
 
+use super::admin::{Answer, Request};
 use super::format::{Table, human_size};
 use crate::config::Config;
 use crate::evict::EvictReport;
@@ -18,12 +20,26 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<EvictReport> {
     let data_dir = &config.data_dir;
+    let request = Request::Gc { to };
+    match super::admin::ask(data_dir, &request).await? {
+        Some(Answer::Gc(answer)) => {
+            let pid = answer.pid;
+            let report = answer.into_report()?;
+            write_report(&report, out)?;
+            writeln!(out, "evicted by the running server, pid {pid}")?;
+            out.flush()?;
+            return Ok(report);
+        }
+        Some(Answer::Error(message)) => anyhow::bail!("the running server: {message}"),
+        None => {}
+    }
     let index = super::open_index(data_dir, Access::ReadWrite)?;
     let store = super::attach_store(data_dir)?;
     let target = to.unwrap_or_else(|| config.eviction.budget.low());
     let pins = &config.eviction.pins;
     let report = crate::evict::collect(&index, &store, pins, target).await?;
     write_report(&report, out)?;
+    writeln!(out, "evicted from the files (no server running)")?;
     out.flush()?;
     Ok(report)
 }

@@ -11,6 +11,7 @@
 //! code; `main` only parses arguments. Like `app`, this is a command layer, so
 //! its errors are `anyhow` with context.
 
+pub mod admin;
 pub mod airgap;
 pub mod doctor;
 pub mod format;

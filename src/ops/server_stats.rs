@@ -1,6 +1,6 @@
 //! The running server's request counters on disk, for `regcache stats`: the
-//! server writes its [`Counters`] with its pid and start time to
-//! `<data>/server-stats.json` when it
+//! server writes its [`Counters`] with its pid, start time and effective disk
+//! budget (flags and environment included) to `<data>/server-stats.json` when it
 //! starts listening, every few seconds if they changed, and at shutdown, atomically (temp file + rename, so a reader never
 //! sees half a file). `stats` shows them only while that pid is alive; counters
 //! start at zero with every server start. No fsync: the numbers are ephemeral.
@@ -13,12 +13,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub use crate::counters::{Counters, OutcomeCount};
+use crate::evict::Budget;
 
 /// The file name under the data directory.
 pub const FILE_NAME: &str = "server-stats.json";
 
 /// The contents of `server-stats.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerStats {
     pub pid: u32,
     /// Unix seconds.
@@ -30,6 +31,32 @@ pub struct ServerStats {
     /// firewall must allow). Absent in files of older servers.
     #[serde(default)]
     pub upstream_hosts: BTreeMap<String, Vec<String>>,
+    /// The budget the server runs with; `None` in a file an older build wrote.
+    #[serde(default)]
+    pub budget: Option<BudgetInfo>,
+}
+
+/// A disk budget as numbers: `max_size` and its watermarks, as fractions and
+/// in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetInfo {
+    pub max_size: u64,
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+    pub high_bytes: u64,
+    pub low_bytes: u64,
+}
+
+impl From<Budget> for BudgetInfo {
+    fn from(budget: Budget) -> Self {
+        Self {
+            max_size: budget.max_size(),
+            high_watermark: budget.high_watermark(),
+            low_watermark: budget.low_watermark(),
+            high_bytes: budget.high(),
+            low_bytes: budget.low(),
+        }
+    }
 }
 
 /// Where the hosts each upstream reached come from (the registry).
@@ -42,6 +69,7 @@ pub struct StatsWriter {
     temp: PathBuf,
     pid: u32,
     started_at: u64,
+    budget: BudgetInfo,
     counters: Arc<Counters>,
     hosts: Option<HostsSource>,
 }
@@ -56,12 +84,14 @@ impl std::fmt::Debug for StatsWriter {
 }
 
 impl StatsWriter {
-    pub fn new(data_dir: &Path, counters: Arc<Counters>) -> Self {
+    /// A writer for a server running within `budget`.
+    pub fn new(data_dir: &Path, budget: Budget, counters: Arc<Counters>) -> Self {
         Self {
             path: data_dir.join(FILE_NAME),
             temp: data_dir.join(format!(".{FILE_NAME}.tmp")),
             pid: std::process::id(),
             started_at: unix_seconds(SystemTime::now()),
+            budget: budget.into(),
             counters,
             hosts: None,
         }
@@ -91,6 +121,7 @@ impl StatsWriter {
             updated_at: unix_seconds(SystemTime::now()),
             outcomes,
             upstream_hosts,
+            budget: Some(self.budget),
         };
         let json = serde_json::to_vec_pretty(&stats).map_err(std::io::Error::other)?;
         tokio::fs::write(&self.temp, json).await?;
@@ -127,7 +158,7 @@ type Snapshot = (
 );
 
 /// What `stats` knows about the server on a data directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ServerState {
     /// The file names a live process.
     Running(ServerStats),
@@ -170,12 +201,17 @@ mod tests {
 
         let counters = Arc::new(Counters::default());
         counters.record(Some("follow"), 7);
-        let writer = StatsWriter::new(dir.path(), Arc::clone(&counters));
+        let budget = Budget::new(80 << 20, 0.9, 0.8);
+        let writer = StatsWriter::new(dir.path(), budget, Arc::clone(&counters));
         writer.write().await.unwrap();
         let ServerState::Running(stats) = read(dir.path()).unwrap() else {
             panic!("this process is alive");
         };
         assert_eq!(stats.pid, std::process::id());
+        let written = stats.budget.expect("the budget is written");
+        assert_eq!(written, BudgetInfo::from(budget));
+        assert_eq!(written.max_size, 80 << 20);
+        assert_eq!(written.high_bytes, budget.high());
         assert_eq!(stats.outcomes["follow"].requests, 1);
 
         // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
@@ -189,5 +225,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read(dir.path()).unwrap(), ServerState::NotRunning);
+    }
+
+    #[test]
+    fn a_file_without_a_budget_still_reads() {
+        let old = r#"{"pid": 1, "started_at": 2, "updated_at": 3, "outcomes": {}}"#;
+        let stats: ServerStats = serde_json::from_str(old).unwrap();
+        assert_eq!(stats.budget, None);
     }
 }

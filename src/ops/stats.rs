@@ -1,7 +1,10 @@
 //! `regcache stats`: usage against the budget, counts of content, manifests,
 //! blobs, repositories and tags, pinned bytes, and the request counters of the
 //! server running on the data directory (from `server-stats.json`, only while its
-//! pid is alive). Read-only. `--json` prints the same numbers as one object.
+//! pid is alive). The budget is the running server's (what it was started
+//! with, flags included) while it runs, else the configuration this command
+//! was given; the output says which. Read-only. `--json` prints the same
+//! numbers as one object.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,7 +12,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::format::{Table, human_size};
-use super::server_stats::{self, OutcomeCount, ServerState};
+use super::server_stats::{self, BudgetInfo, OutcomeCount, ServerState};
 use crate::config::Config;
 use crate::index::{Access, Index, Summary};
 
@@ -20,6 +23,9 @@ pub struct Stats {
     pub usage_bytes: u64,
     /// `None`: no budget configured (unlimited).
     pub budget_bytes: Option<u64>,
+    /// The budget with its watermarks, and where it comes from.
+    pub budget: BudgetInfo,
+    pub budget_source: BudgetSource,
     pub content: u64,
     pub manifests: u64,
     pub manifest_bytes: u64,
@@ -35,6 +41,17 @@ pub struct Stats {
     pub server: Option<ServerInfo>,
 }
 
+/// Where `stats` took the budget from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetSource {
+    /// The running server's `server-stats.json`: what it was started with.
+    Server,
+    /// The configuration given to `stats` (no server running, or one too old
+    /// to say).
+    Config,
+}
+
 /// The running server's counters since it started.
 #[derive(Debug, Serialize)]
 pub struct ServerInfo {
@@ -44,11 +61,6 @@ pub struct ServerInfo {
     pub outcomes: BTreeMap<String, OutcomeCount>,
     /// Per upstream, every `host:port` reached since the server started.
     pub upstream_hosts: BTreeMap<String, Vec<String>>,
-}
-
-/// The configured size budget (`storage.max_size`).
-pub fn budget(config: &Config) -> Option<u64> {
-    Some(config.eviction.budget.max_size())
 }
 
 /// Bytes of committed content the configured pins cover.
@@ -64,19 +76,26 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
     let index = super::open_index(data_dir, Access::ReadOnly)?;
     let summary: Summary = index.summary().await?;
     let pinned_bytes = pinned_bytes(config, &index).await?;
-    let server = match server_stats::read(data_dir)? {
-        ServerState::Running(s) => Some(ServerInfo {
-            pid: s.pid,
-            started_at: s.started_at,
-            updated_at: s.updated_at,
-            outcomes: s.outcomes,
-            upstream_hosts: s.upstream_hosts,
-        }),
+    let running = match server_stats::read(data_dir)? {
+        ServerState::Running(s) => Some(s),
         ServerState::NotRunning => None,
     };
+    let (budget, budget_source) = match running.as_ref().and_then(|s| s.budget) {
+        Some(budget) => (budget, BudgetSource::Server),
+        None => (config.eviction.budget.into(), BudgetSource::Config),
+    };
+    let server = running.map(|s| ServerInfo {
+        pid: s.pid,
+        started_at: s.started_at,
+        updated_at: s.updated_at,
+        outcomes: s.outcomes,
+        upstream_hosts: s.upstream_hosts,
+    });
     Ok(Stats {
         usage_bytes: summary.content_bytes,
-        budget_bytes: budget(config),
+        budget_bytes: Some(budget.max_size),
+        budget,
+        budget_source,
         content: summary.content,
         manifests: summary.manifests,
         manifest_bytes: summary.manifest_bytes,
@@ -139,6 +158,7 @@ fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
     }
     table.write(out)?;
     out.write_all(b"\n")?;
+    write_budget_source(s, out)?;
     let Some(server) = &s.server else {
         return out.write_all(b"server: not running (no request counters)\n");
     };
@@ -169,6 +189,27 @@ fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "  {upstream}: {hosts}")?;
     }
     Ok(())
+}
+
+/// The budget's watermarks and where the numbers come from.
+fn write_budget_source(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
+    let b = &s.budget;
+    write!(
+        out,
+        "budget {}: evict past {} ({:.0}%) down to {} ({:.0}%); ",
+        human_size(b.max_size),
+        human_size(b.high_bytes),
+        b.high_watermark * 100.0,
+        human_size(b.low_bytes),
+        b.low_watermark * 100.0,
+    )?;
+    match (s.budget_source, &s.server) {
+        (BudgetSource::Server, Some(server)) => {
+            writeln!(out, "from the running server, pid {}", server.pid)?
+        }
+        _ => writeln!(out, "from the files, with the configuration given")?,
+    }
+    writeln!(out, "usage and counts: from the index\n")
 }
 
 fn unix_now() -> u64 {

@@ -3,7 +3,8 @@
 //! into a `store::BlobWriter` in batches (hashed while written), publishes each
 //! batch to the fill's readers, resumes a broken body with `Range` requests, and
 //! commits (digest and size checked, file renamed, row and links indexed), or
-//! fails so every reader's body is aborted.
+//! fails so every reader's body is aborted. A commit whose row could not be
+//! written still ends its readers' bodies complete: their bytes were verified.
 //!
 //! It must never publish a byte as committed before the commit, and never stop
 //! because its clients are gone.
@@ -16,7 +17,7 @@ use http::Method;
 use tokio::sync::watch;
 
 use super::fill::{FillGuard, FillState};
-use super::local::Local;
+use super::local::{Local, Published};
 use super::passthrough::PassThrough;
 use super::{Error, Route};
 use crate::evict::{Admission, Reservation};
@@ -97,10 +98,16 @@ impl FillJob {
                 }
             }
         }
-        let size = self
+        let published = self
             .local
             .publish_blob(&self.route.key, &self.repo, writer, size, reservation)
             .await?;
+        let size = published.size();
+        if let Published::Unindexed { .. } = published {
+            // Every byte was verified: the readers get a complete body. Links
+            // need the row, so the joined repositories are not recorded.
+            return Ok(FillState::Committed { size, file });
+        }
         for repo in guard.take_joined() {
             // The content is committed: a failed link only costs a later HEAD.
             if let Err(e) = self.local.link(&self.route.key, &repo, &self.digest).await {

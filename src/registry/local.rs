@@ -16,7 +16,10 @@
 //!   digest alone), verified rename into `blobs/`, content row with the first
 //!   repository link, reservation converted to committed bytes, guard released,
 //!   then memory. A row never exists before its file; the budget never counts a
-//!   commit twice nor loses a reservation.
+//!   commit twice nor loses a reservation. A row that cannot be written even
+//!   after waiting for the index's lock (another process holding it too long)
+//!   leaves a verified file without a row: [`Published::Unindexed`], served to
+//!   the fill's readers, adopted by the next start-up, never put in memory.
 //!
 //! It must never decide anything about upstreams, freshness or outcomes.
 
@@ -64,6 +67,25 @@ impl TaggedManifest {
 pub(super) enum LocalBlob {
     Memory(Bytes),
     File(FileReader),
+}
+
+/// What publishing verified content did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Published {
+    /// The file is in `blobs/` and its row recorded: a hit from now on.
+    Indexed { size: u64 },
+    /// The file is in `blobs/` (its bytes verified) but its row could not be
+    /// written: correct bytes to serve to whoever waits for them, unknown to
+    /// later requests until the next start-up's reconciliation adopts the file.
+    Unindexed { size: u64 },
+}
+
+impl Published {
+    pub(super) fn size(self) -> u64 {
+        match self {
+            Self::Indexed { size } | Self::Unindexed { size } => size,
+        }
+    }
 }
 
 /// The local side: store, index, memory and budget. Cheap to clone (handles).
@@ -330,7 +352,7 @@ impl Local {
     }
 
     /// Commits a fill's temp file (size and digest checked) as blob content of
-    /// `repo`, converting `reservation`. Returns the committed size.
+    /// `repo`, converting `reservation`.
     pub(super) async fn publish_blob(
         &self,
         upstream: &UpstreamKey,
@@ -338,14 +360,16 @@ impl Local {
         writer: BlobWriter,
         expected_size: Option<u64>,
         reservation: Reservation,
-    ) -> Result<u64, Error> {
+    ) -> Result<Published, Error> {
         let digest = writer.expected().clone();
         let commit = writer.commit(expected_size);
-        let size = self
+        let published = self
             .publish(upstream, repo, &digest, None, reservation, commit)
             .await?;
-        self.cache.set_blob_size(&digest, size).await;
-        Ok(size)
+        if let Published::Indexed { size } = published {
+            self.cache.set_blob_size(&digest, size).await;
+        }
+        Ok(published)
     }
 
     /// Stores a verified manifest as content of `repo` (and as `tag`'s target,
@@ -369,16 +393,22 @@ impl Local {
             Ok(size)
         };
         let media_type = Some(manifest.media_type.clone());
-        self.publish(
-            upstream,
-            repo,
-            &manifest.digest,
-            media_type,
-            reservation,
-            write,
-        )
-        .await?;
+        let published = self
+            .publish(
+                upstream,
+                repo,
+                &manifest.digest,
+                media_type,
+                reservation,
+                write,
+            )
+            .await?;
         let manifest = Arc::new(manifest);
+        if let Published::Unindexed { .. } = published {
+            // Verified bytes, served; neither memory nor a tag may name
+            // content the index does not have.
+            return Ok(manifest);
+        }
         self.cache.set_manifest(Arc::clone(&manifest)).await;
         if let Some(tag) = tag {
             self.set_tag(upstream, repo, tag, &manifest.digest, SystemTime::now())
@@ -390,7 +420,9 @@ impl Local {
     /// The commit order, in one place: guard, `write` (which renames the
     /// verified file into `blobs/` and returns its size), row and link,
     /// reservation converted, guard released, link in memory. `write` is not
-    /// started before the guard is held.
+    /// started before the guard is held. An error before the rename is the
+    /// caller's (nothing was stored); a failed row after it is not (see
+    /// [`Published::Unindexed`]).
     async fn publish(
         &self,
         upstream: &UpstreamKey,
@@ -399,7 +431,7 @@ impl Local {
         media_type: Option<String>,
         reservation: Reservation,
         write: impl Future<Output = Result<u64, store::Error>>,
-    ) -> Result<u64, Error> {
+    ) -> Result<Published, Error> {
         // Eviction leaves this digest alone from the rename until the row exists.
         let commit_guard = self.evictor.commit_guard(digest).await;
         let size = write.await.map_err(Error::from_commit)?;
@@ -408,13 +440,19 @@ impl Local {
             size,
             media_type,
         };
-        let new_row = self
-            .index
-            .insert_content(&row, &upstream.name, repo)
-            .await?;
+        let new_row = match self.index.insert_content(&row, &upstream.name, repo).await {
+            Ok(new_row) => new_row,
+            Err(e) => {
+                // The file is on disk whether or not it has a row: counting it
+                // keeps the budget honest until a restart recounts the disk.
+                reservation.commit(size, true);
+                tracing::warn!(%digest, %repo, size, error = %e, "verified content stored without its index row; served now, adopted at the next start");
+                return Ok(Published::Unindexed { size });
+            }
+        };
         reservation.commit(size, new_row);
         drop(commit_guard);
         self.cache.set_linked(upstream.id, repo, digest).await;
-        Ok(size)
+        Ok(Published::Indexed { size })
     }
 }

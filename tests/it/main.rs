@@ -6,6 +6,8 @@
 mod airgap;
 /// Bad input, read-only methods, _catalog, tags/list pagination.
 mod api;
+/// Operator commands beside a running server: `gc` in a loop never aborts a pull; a commit without its row still serves; `stats` shows the server's budget.
+mod beside;
 /// Client authentication: htpasswd (bcrypt) users, 401 before any upstream request, limits, reload, real clients with credentials.
 mod client_auth;
 /// Configuration layers through the binary: flags over a partial file, REGCACHE_* variables, `config show` and `config check`.

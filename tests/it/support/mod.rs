@@ -5,6 +5,8 @@
 
 /// skopeo, containerd (+ ctr) and podman pulling through a regcache mirror.
 pub mod clients;
+/// Operator commands (`gc`, `stats`, `verify`) run as a second process.
+pub mod commands;
 /// config.toml texts: one default upstream, or three.
 pub mod config;
 /// Where a digest's file is committed; what is left in tmp/.
