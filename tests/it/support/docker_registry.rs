@@ -5,6 +5,7 @@
 //! is kept so tests can count the requests it served. It listens only on
 //! loopback and is never pointed at any other registry.
 
+use super::failure;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ impl DockerRegistry {
     /// `GET /v2/` answers 200. A port taken between choosing and binding it is
     /// retried on another port.
     pub fn start() -> DockerRegistry {
+        failure::remember_panic_messages();
         let mut last_error = String::new();
         for _ in 0..3 {
             match Self::try_start() {
@@ -221,12 +223,7 @@ impl Drop for DockerRegistry {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- docker-registry log tail ({}) ----", self.url());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            failure::report(&format!("docker-registry {}", self.url()), &self.log(), "");
         }
     }
 }

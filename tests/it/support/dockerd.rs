@@ -18,6 +18,7 @@
 //! that the package's postinst may have started. The daemon (and the containerd
 //! it manages) is stopped when the handle drops, on success and on failure.
 
+use super::failure;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ impl Dockerd {
     /// Starts dockerd with `daemon_json` (whose `registry-mirrors` names
     /// regcache) and waits until its API answers.
     pub fn start(daemon_json: &str) -> Result<Dockerd, String> {
+        failure::remember_panic_messages();
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         let config = d.join("daemon.json");
@@ -197,12 +199,7 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- dockerd log tail ----");
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            failure::report("dockerd", &self.log(), "");
         }
     }
 }

@@ -15,6 +15,8 @@ pub mod data_dir;
 pub mod docker_registry;
 /// Debian's Docker Engine as a private daemon with regcache as its Docker Hub mirror.
 pub mod dockerd;
+/// A failed test's server logs in files, their tails and the panic message last.
+pub mod failure;
 /// The in-process registry.k8s.io-like upstream (front 307 → AR 302 → storage) with faults.
 pub mod fake;
 /// A client for regcache, responses read to their end, OCI error checks, raw requests.

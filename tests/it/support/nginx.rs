@@ -9,6 +9,7 @@
 //! under test stays in the test. It never listens on anything but loopback and
 //! never reads or writes the system's nginx configuration or logs.
 
+use super::failure;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ impl Nginx {
     /// through it answers 200. A port taken between choosing and binding it is
     /// retried on another port.
     pub fn start(http: impl Fn(u16) -> String, ready_path: &str) -> Nginx {
+        failure::remember_panic_messages();
         let mut last_error = String::new();
         for _ in 0..3 {
             match Self::try_start(&http, ready_path) {
@@ -134,12 +136,8 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!(
-                "---- nginx ({}) error log ----\n{}\n---- nginx.conf ----\n{}",
-                self.addr(),
-                self.log(),
-                self.conf
-            );
+            let conf = format!("---- nginx.conf ----\n{}", self.conf);
+            failure::report(&format!("nginx {}", self.addr()), &self.log(), &conf);
         }
     }
 }

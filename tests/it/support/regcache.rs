@@ -3,6 +3,7 @@
 //! Its log is kept and printed when the test panics, so a failure shows what the
 //! server did. It never starts anything but the binary under test.
 
+use super::failure;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,7 @@ impl Regcache {
     }
 
     fn start(builder: Builder) -> Regcache {
+        failure::remember_panic_messages();
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = builder
             .data_dir
@@ -202,7 +204,7 @@ impl Drop for Regcache {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!("---- regcache log ({}) ----\n{}", self.addr, self.log());
+            failure::report(&format!("regcache {}", self.addr), &self.log(), "");
         }
     }
 }

@@ -9,6 +9,7 @@
 //! must be told apart need their own addresses; ports are limited with
 //! `ConnectPort`. It never listens on anything but loopback.
 
+use super::failure;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,7 @@ impl Tinyproxy {
     }
 
     fn start_inner(allowed: &[String], ports: &[u16], extra: &str) -> Tinyproxy {
+        failure::remember_panic_messages();
         let mut last_error = String::new();
         for _ in 0..3 {
             match Self::try_start(allowed, ports, extra) {
@@ -150,12 +152,8 @@ impl Drop for Tinyproxy {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!(
-                "---- tinyproxy ({}) log ----\n{}\n---- tinyproxy.conf ----\n{}",
-                self.addr(),
-                self.log(),
-                self.conf
-            );
+            let conf = format!("---- tinyproxy.conf ----\n{}", self.conf);
+            failure::report(&format!("tinyproxy {}", self.addr()), &self.log(), &conf);
         }
     }
 }
