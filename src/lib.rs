@@ -11,6 +11,8 @@ pub mod cache;
 pub mod config;
 pub mod counters;
 pub mod evict;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod index;
 pub mod listener;
 pub mod oci;

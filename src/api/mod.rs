@@ -8,12 +8,12 @@
 
 mod access_log;
 pub mod auth;
-mod endpoint;
+pub(crate) mod endpoint;
 mod error;
 mod handlers;
 mod health;
 mod negotiate;
-mod range;
+pub(crate) mod range;
 
 use std::sync::Arc;
 

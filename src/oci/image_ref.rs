@@ -116,13 +116,18 @@ impl FromStr for ImageRef {
         if !valid_host(host) {
             return Err(ImageRefError::Host(host.to_owned()));
         }
-        Ok(Self {
+        let image = Self {
             host: host.to_owned(),
             repo: repo.parse()?,
             tag,
             digest,
             host_written,
-        })
+        };
+        // Docker Hub's `library/` counts toward the name's 255 characters, as
+        // in Docker's own grammar, so that the normalized form (`scan --list`
+        // output, prefetch and pin input) parses again. Found by fuzzing.
+        image.repository().as_str().parse::<RepoName>()?;
+        Ok(image)
     }
 }
 
@@ -164,6 +169,18 @@ mod tests {
         text.parse::<ImageRef>()
             .unwrap_or_else(|e| panic!("{text}: {e}"))
             .normalized()
+    }
+
+    #[test]
+    fn a_docker_hub_name_counts_library_toward_its_length() {
+        let longest = "a".repeat(255 - "library/".len());
+        assert_eq!(
+            norm(&longest),
+            format!("docker.io/library/{longest}:latest")
+        );
+        let too_long = format!("{longest}b");
+        assert!(too_long.parse::<ImageRef>().is_err());
+        assert!(format!("quay.io/{too_long}").parse::<ImageRef>().is_ok());
     }
 
     #[test]

@@ -329,7 +329,7 @@ struct TokenBody {
 }
 
 /// A token from a response body; `now` is the wall clock at receipt.
-fn parse_token(body: &[u8], now: SystemTime) -> Result<Token, &'static str> {
+pub(crate) fn parse_token(body: &[u8], now: SystemTime) -> Result<Token, &'static str> {
     let body: TokenBody = serde_json::from_slice(body).map_err(|_| "not token JSON")?;
     // `token` is the spec's name; `access_token` is its OAuth2 alias.
     let value = [body.token, body.access_token]

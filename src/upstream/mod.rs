@@ -8,14 +8,14 @@
 //! string, and never decompresses: bytes arrive exactly as the upstream hashed
 //! them. It knows nothing of the cache; callers decide what to store.
 
-mod auth;
+pub(crate) mod auth;
 mod cause;
-mod challenge;
+pub(crate) mod challenge;
 mod error;
 mod probe;
 mod proxy;
-mod redirect;
-mod response;
+pub(crate) mod redirect;
+pub(crate) mod response;
 mod resume;
 mod tags;
 mod tls;

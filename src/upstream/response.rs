@@ -125,7 +125,7 @@ pub struct ContentRange {
 }
 
 impl ContentRange {
-    fn parse(value: &str) -> Option<Self> {
+    pub(crate) fn parse(value: &str) -> Option<Self> {
         let spec = value.trim().strip_prefix("bytes ")?;
         let (range, total) = spec.split_once('/')?;
         let (first, last) = range.split_once('-')?;
