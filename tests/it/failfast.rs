@@ -362,6 +362,9 @@ async fn an_html_page_is_never_taken_for_a_manifest() {
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The revalidation met the page, and kept the cached mapping.
+    let log = regcache.wait_for_log("tag revalidation failed; the cached mapping stays");
+    assert!(log.contains("which is not a manifest"), "{log}");
     // A tag never cached: a 502 naming the upstream's status and content type.
     let cold_url = manifest_url(&regcache, &cold);
     let got = get(&cold_url).await;
