@@ -4,6 +4,7 @@
 //! while the upstream's circuit is open, and `Retry-After` is honoured; an HTML
 //! page is never cached as a manifest; a blob fill shared by two repositories
 //! or two upstreams never hands one a 404 or a link it was not confirmed for.
+//! (The k8s-like fake stands in where an answer's Content-Type must be chosen.)
 //!
 //! The timing tables are printed (eprintln) so they can be quoted; the
 //! assertions hold them to every request under 1 s.
@@ -12,10 +13,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 
 use crate::support::commands::ok_cmd;
 use crate::support::docker_registry::DockerRegistry;
+use crate::support::fake::{FakeUpstream, Host};
 use crate::support::fault_proxy::{Fault, FaultProxy, HTML_PAGE};
 use crate::support::images::{self, Blob, Image};
 use crate::support::regcache::Regcache;
@@ -513,4 +515,46 @@ async fn two_upstreams_racing_on_one_digest_link_only_what_each_confirmed() {
          {leaked} answers from a repository that does not hold the blob"
     );
     assert_eq!((failed, leaked), (0, 0));
+}
+
+/// The other two checks on a manifest answer, against the k8s-like fake (which
+/// serves any Content-Type it is given): a generic type is taken only for a
+/// body shaped like a manifest, and nothing over 4 MiB is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_answer_is_taken_only_with_a_manifest_shape_and_at_most_4_mib() {
+    let fake = FakeUpstream::k8s_like();
+    let oci = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+    let generic = fake.put_manifest("app", Some("generic"), "application/json", oci.into());
+    let error_body = r#"{"errors":[{"code":"UNKNOWN","message":"maintenance"}]}"#;
+    fake.put_manifest("app", Some("error"), "application/json", error_body.into());
+    let padding = "x".repeat(4 * 1024 * 1024);
+    let huge =
+        format!(r#"{{"schemaVersion":2,"manifests":[],"annotations":{{"pad":"{padding}"}}}}"#);
+    let oci_index = "application/vnd.oci.image.index.v1+json";
+    fake.put_manifest("app", Some("huge"), oci_index, huge.into());
+    let regcache = Regcache::with_upstream(fake.url());
+    let url = |tag: &str| format!("{}/v2/app/manifests/{tag}", regcache.url());
+
+    // application/json, but an OCI manifest by its own mediaType: cached as one.
+    let got = get(&url("generic")).await;
+    assert_eq!(got.ok_body().as_ref(), oci.as_bytes());
+    assert_eq!(got.header("content-type"), Some(images::OCI_MANIFEST));
+    assert_eq!(got.header("docker-content-digest"), Some(generic.as_str()));
+    // A JSON error sent with 200, and a manifest over 4 MiB: 502, not cached
+    // (asked again upstream each time).
+    for tag in ["error", "huge"] {
+        for _ in 0..2 {
+            let got = get(&url(tag)).await;
+            got.assert_oci_error(StatusCode::BAD_GATEWAY, "UNKNOWN");
+            let message = String::from_utf8_lossy(&got.body).into_owned();
+            let expected = if tag == "error" {
+                "application/json"
+            } else {
+                "larger than 4194304"
+            };
+            assert!(message.contains(expected), "{tag}: {message}");
+        }
+        let path = format!("/manifests/{tag}");
+        assert_eq!(fake.hits_on(Host::Front, Method::GET, &path), 2, "{tag}");
+    }
 }
