@@ -67,13 +67,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let default = config.default_upstream();
     let counters = Arc::new(Counters::default());
-    let seen_by = Arc::clone(&registry);
+    let (seen_by, health_of) = (Arc::clone(&registry), Arc::clone(&registry));
     let stats = StatsWriter::new(
         &config.data_dir,
         config.eviction.budget,
         Arc::clone(&counters),
     )
-    .with_hosts(Arc::new(move || seen_by.upstream_hosts_seen()));
+    .with_hosts(Arc::new(move || seen_by.upstream_hosts_seen()))
+    .with_health(Arc::new(move || health_of.upstream_health()));
     // Written once before "listening": the file is there when the server is.
     stats
         .write()

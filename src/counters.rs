@@ -12,12 +12,11 @@ use serde::{Deserialize, Serialize};
 
 /// Outcome names as logged (`registry::Outcome::as_str`), and `none` for
 /// requests without one (the version check, errors before a cache decision).
-const OUTCOMES: [&str; 8] = [
+const OUTCOMES: [&str; 7] = [
     "hit",
     "miss",
     "follow",
     "confirmed",
-    "revalidated",
     "stale",
     "pass",
     "none",

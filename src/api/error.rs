@@ -136,10 +136,11 @@ impl ApiError {
                 api
             }
             E::Denied { .. } => Self::new(StatusCode::FORBIDDEN, "DENIED", message),
-            E::Upstream { .. } | E::DigestMismatch { .. } | E::BadContent(_) => {
-                Self::bad_gateway(message)
-            }
-            E::Fill(cause) => Self::answer_to(cause),
+            E::Upstream { .. }
+            | E::DigestMismatch { .. }
+            | E::BadContent(_)
+            | E::NotAManifest { .. } => Self::bad_gateway(message),
+            E::Fill(cause) | E::Flight(cause) => Self::answer_to(cause),
             E::Store(_) | E::Index(_) | E::Local(_) | E::FillAbandoned => Self::internal(),
         }
     }

@@ -291,7 +291,6 @@ fn cache_status(outcome: Outcome) -> HeaderValue {
         Outcome::Hit => "regcache; hit",
         Outcome::Confirmed => "regcache; hit; detail=confirmed",
         Outcome::Stale => "regcache; hit; detail=stale",
-        Outcome::Revalidated => "regcache; fwd=stale; detail=revalidated",
         Outcome::Miss => "regcache; fwd=uri-miss",
         Outcome::Follow => "regcache; fwd=uri-miss; collapsed",
         Outcome::Pass => "regcache; fwd=bypass",

@@ -95,6 +95,9 @@ pub struct UpstreamConfig {
     pub tag_ttl: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a background revalidation of a stale tag waits for the
+    /// upstream (the client was answered from the cache already).
+    pub revalidate_timeout: Duration,
     pub credentials: Option<Credentials>,
     /// How this upstream is reached: trusted CAs, client certificate, proxy
     /// (`[upstream_defaults]` merged with the upstream's own keys).

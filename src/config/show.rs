@@ -88,6 +88,11 @@ fn upstream(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loa
         &key("idle_timeout"),
         duration(upstream.idle_timeout),
     );
+    lines.value(
+        loaded,
+        &key("revalidate_timeout"),
+        duration(upstream.revalidate_timeout),
+    );
     let Some(credentials) = &upstream.credentials else {
         return;
     };

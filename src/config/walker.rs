@@ -232,6 +232,8 @@ impl Walker {
         let connect_timeout =
             self.duration(&mut t, path, "connect_timeout", Duration::from_secs(10));
         let idle_timeout = self.duration(&mut t, path, "idle_timeout", Duration::from_secs(60));
+        let revalidate_timeout =
+            self.duration(&mut t, path, "revalidate_timeout", Duration::from_secs(5));
         let credentials = self.credentials(&mut t, path, secrets);
         let probe_image = self.optional_string(&mut t, path, "probe_image");
         let own_egress = self.egress_keys(&mut t, path, secrets);
@@ -253,6 +255,7 @@ impl Walker {
             tag_ttl: tag_ttl?,
             connect_timeout: connect_timeout?,
             idle_timeout: idle_timeout?,
+            revalidate_timeout: revalidate_timeout?,
             credentials: credentials.ok()?,
             egress,
             probe_image,

@@ -14,7 +14,7 @@ mod references;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use image_ref::{DOCKER_HUB_HOSTS, ImageRef, ImageRefError, looks_like_host};
-pub use manifest::{Manifest, media_type_of};
+pub use manifest::{Manifest, NotAManifest, media_type_of, recognise};
 pub use name::{NameError, RepoName, docker_hub_name};
 pub use reference::{Reference, ReferenceError, Tag, TagError};
 pub use references::{Descriptor, ManifestError, Platform, References, references};

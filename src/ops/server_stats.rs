@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::counters::{Counters, OutcomeCount};
 use crate::evict::Budget;
+use crate::upstream::HealthReport;
 
 /// The file name under the data directory.
 pub const FILE_NAME: &str = "server-stats.json";
@@ -34,6 +35,10 @@ pub struct ServerStats {
     /// The budget the server runs with; `None` in a file an older build wrote.
     #[serde(default)]
     pub budget: Option<BudgetInfo>,
+    /// Per upstream, its circuit (closed, open until when, the last failure).
+    /// Absent in files of older servers.
+    #[serde(default)]
+    pub upstream_health: BTreeMap<String, HealthReport>,
 }
 
 /// A disk budget as numbers: `max_size` and its watermarks, as fractions and
@@ -62,6 +67,9 @@ impl From<Budget> for BudgetInfo {
 /// Where the hosts each upstream reached come from (the registry).
 pub type HostsSource = Arc<dyn Fn() -> BTreeMap<String, Vec<String>> + Send + Sync>;
 
+/// Where each upstream's circuit comes from (the registry).
+pub type HealthSource = Arc<dyn Fn() -> BTreeMap<String, HealthReport> + Send + Sync>;
+
 /// Writes the counters of this process to `<data>/server-stats.json`.
 #[derive(Clone)]
 pub struct StatsWriter {
@@ -72,6 +80,7 @@ pub struct StatsWriter {
     budget: BudgetInfo,
     counters: Arc<Counters>,
     hosts: Option<HostsSource>,
+    health: Option<HealthSource>,
 }
 
 impl std::fmt::Debug for StatsWriter {
@@ -94,6 +103,7 @@ impl StatsWriter {
             budget: budget.into(),
             counters,
             hosts: None,
+            health: None,
         }
     }
 
@@ -103,18 +113,25 @@ impl StatsWriter {
         self
     }
 
-    fn hosts(&self) -> BTreeMap<String, Vec<String>> {
-        self.hosts.as_ref().map(|h| h()).unwrap_or_default()
+    /// Also writes each upstream's circuit, read from `health`.
+    pub fn with_health(mut self, health: HealthSource) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let hosts = self.hosts.as_ref().map(|h| h()).unwrap_or_default();
+        let health = self.health.as_ref().map(|h| h()).unwrap_or_default();
+        (self.counters.snapshot(), hosts, health)
     }
 
     /// Writes the file now (temp file, then rename over the old one).
     pub async fn write(&self) -> std::io::Result<()> {
-        self.write_snapshot((self.counters.snapshot(), self.hosts()))
-            .await
+        self.write_snapshot(self.snapshot()).await
     }
 
     async fn write_snapshot(&self, snapshot: Snapshot) -> std::io::Result<()> {
-        let (outcomes, upstream_hosts) = snapshot;
+        let (outcomes, upstream_hosts, upstream_health) = snapshot;
         let stats = ServerStats {
             pid: self.pid,
             started_at: self.started_at,
@@ -122,6 +139,7 @@ impl StatsWriter {
             outcomes,
             upstream_hosts,
             budget: Some(self.budget),
+            upstream_health,
         };
         let json = serde_json::to_vec_pretty(&stats).map_err(std::io::Error::other)?;
         tokio::fs::write(&self.temp, json).await?;
@@ -137,7 +155,7 @@ impl StatsWriter {
         let mut written = None;
         loop {
             ticker.tick().await;
-            let snapshot = (self.counters.snapshot(), self.hosts());
+            let snapshot = self.snapshot();
             if written.as_ref() == Some(&snapshot) {
                 continue;
             }
@@ -151,10 +169,11 @@ impl StatsWriter {
     }
 }
 
-/// What changes in the file: the counters and the hosts seen.
+/// What changes in the file: the counters, the hosts seen, the circuits.
 type Snapshot = (
     BTreeMap<String, OutcomeCount>,
     BTreeMap<String, Vec<String>>,
+    BTreeMap<String, HealthReport>,
 );
 
 /// What `stats` knows about the server on a data directory.

@@ -61,6 +61,8 @@ pub struct ServerInfo {
     pub outcomes: BTreeMap<String, OutcomeCount>,
     /// Per upstream, every `host:port` reached since the server started.
     pub upstream_hosts: BTreeMap<String, Vec<String>>,
+    /// Per upstream, its circuit when the server last wrote its statistics.
+    pub upstream_health: BTreeMap<String, crate::upstream::HealthReport>,
 }
 
 /// Bytes of committed content the configured pins cover.
@@ -90,6 +92,7 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
         updated_at: s.updated_at,
         outcomes: s.outcomes,
         upstream_hosts: s.upstream_hosts,
+        upstream_health: s.upstream_health,
     });
     Ok(Stats {
         usage_bytes: summary.content_bytes,
@@ -187,6 +190,26 @@ fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
             hosts.join(" ")
         };
         writeln!(out, "  {upstream}: {hosts}")?;
+    }
+    write_health(server, out)
+}
+
+/// Each upstream's circuit: closed, or open (until when, after what).
+fn write_health(server: &ServerInfo, out: &mut dyn Write) -> std::io::Result<()> {
+    out.write_all(b"\nupstream circuits:\n")?;
+    for (upstream, health) in &server.upstream_health {
+        write!(
+            out,
+            "  {upstream}: {}, {} consecutive failures, opened {} times",
+            health.circuit, health.consecutive_failures, health.opened
+        )?;
+        if let Some(until) = health.open_until {
+            write!(out, ", open for {}s more", until.saturating_sub(unix_now()))?;
+        }
+        match &health.last_failure {
+            Some(failure) => writeln!(out, "; last failure: {failure}")?,
+            None => writeln!(out)?,
+        }
     }
     Ok(())
 }

@@ -144,6 +144,10 @@ impl Registry {
     }
 
     /// Starts or joins the fill for `digest` and answers once the upstream has.
+    /// A fill started for another repository or upstream is joined only once
+    /// this request's own upstream confirmed the blob in its own repository,
+    /// and its failure is not this request's (that repository may lack the
+    /// blob): this request then starts, or joins, another.
     async fn blob_from_fill(
         &self,
         route: &Route,
@@ -154,8 +158,41 @@ impl Registry {
             upstream: route.key.clone(),
             repo: repo.clone(),
         };
-        let (fill, started) = self
-            .fills
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (fill, started) = self.join_or_start_fill(route, repo, digest, &owner);
+            let foreign = !started && fill.owner != owner;
+            if foreign {
+                self.confirm_joined_fill(route, repo, digest, &fill).await?;
+            }
+            let (size, source, outcome) = match fill.wait_started().await {
+                Err(e) if foreign && attempts < FOREIGN_FILL_ATTEMPTS => {
+                    tracing::debug!(%digest, %repo, error = %e, "a fill for another repository failed; fetching for this one");
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok((size, Started::File(reader))) if started => {
+                    (size, Source::File(reader), Outcome::Miss)
+                }
+                Ok((size, Started::File(reader))) => (size, Source::File(reader), Outcome::Follow),
+                Ok((size, Started::PassThrough(body))) => {
+                    (size, Source::Upstream(body), Outcome::Pass)
+                }
+                Ok((_, Started::Taken)) => return self.pass_through(route, repo, digest).await,
+            };
+            return Ok(reply(digest, size, outcome, Some(source)));
+        }
+    }
+
+    fn join_or_start_fill(
+        &self,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+        owner: &FillOwner,
+    ) -> (Arc<Fill>, bool) {
+        self.fills
             .join_or_start(digest, owner.clone(), |guard, progress| {
                 let job = FillJob {
                     route: route.clone(),
@@ -164,18 +201,7 @@ impl Registry {
                     local: self.local.clone(),
                 };
                 tokio::spawn(job.run(guard, progress));
-            });
-        if !started && fill.owner != owner {
-            // The bytes are being fetched for another repository.
-            self.confirm_joined_fill(route, repo, digest, &fill).await?;
-        }
-        let (size, source, outcome) = match fill.wait_started().await? {
-            (size, Started::File(reader)) if started => (size, Source::File(reader), Outcome::Miss),
-            (size, Started::File(reader)) => (size, Source::File(reader), Outcome::Follow),
-            (size, Started::PassThrough(body)) => (size, Source::Upstream(body), Outcome::Pass),
-            (_, Started::Taken) => return self.pass_through(route, repo, digest).await,
-        };
-        Ok(reply(digest, size, outcome, Some(source)))
+            })
     }
 
     /// A blob that is not cached, streamed from the upstream to this client only:
@@ -197,9 +223,10 @@ impl Registry {
         ))
     }
 
-    /// `repo` joins a fill started for another repository: the upstream must
-    /// confirm `repo` has the blob first. The link is recorded by the fill once
-    /// its content is indexed (an index row may only name committed content).
+    /// `repo` joins a fill started for another repository or upstream: its own
+    /// upstream must confirm `repo` has the blob first. The link, under this
+    /// request's upstream, is recorded by the fill once its content is indexed
+    /// (an index row may only name committed content).
     async fn confirm_joined_fill(
         &self,
         route: &Route,
@@ -211,13 +238,21 @@ impl Registry {
             return Ok(());
         }
         route.fetch_blob(Method::HEAD, repo, digest).await?;
-        if !fill.add_joined(repo.clone()) {
+        let confirmed = FillOwner {
+            upstream: route.key.clone(),
+            repo: repo.clone(),
+        };
+        if !fill.add_joined(confirmed) {
             // The fill has indexed its content already: link it here.
             self.local.link(&route.key, repo, digest).await?;
         }
         Ok(())
     }
 }
+
+/// How many fills one request may go through when fills started for other
+/// repositories fail under it (each failure is theirs, not this request's).
+const FOREIGN_FILL_ATTEMPTS: usize = 3;
 
 fn reply(
     digest: &Digest,

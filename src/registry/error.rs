@@ -56,6 +56,18 @@ pub enum Error {
     /// Upstream content we cannot store (too large, longer than announced, ...).
     #[error("upstream content is unusable: {0}")]
     BadContent(String),
+    /// The upstream's answer to a manifest request is not a manifest (a
+    /// captive portal's HTML page, a JSON error sent with 200): never cached.
+    #[error(
+        "upstream {upstream} answered HTTP {status} with {}, which is not a manifest ({why})",
+        .content_type.as_deref().unwrap_or("no Content-Type")
+    )]
+    NotAManifest {
+        upstream: String,
+        status: u16,
+        content_type: Option<String>,
+        why: crate::oci::NotAManifest,
+    },
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
@@ -64,6 +76,10 @@ pub enum Error {
     /// reader of the fill answers with it.
     #[error(transparent)]
     Fill(Arc<Error>),
+    /// The manifest request this one started or waited for failed with this
+    /// error; every request that waited for it answers with it.
+    #[error(transparent)]
+    Flight(Arc<Error>),
     /// A fill's task ended without a result (it panicked): our fault.
     #[error("the fill ended without a result")]
     FillAbandoned,
@@ -74,8 +90,8 @@ pub enum Error {
 
 impl Error {
     /// Classifies a failure of `upstream`: its 404 is `not_found`, a rate limit
-    /// and a denial are their own, unreachable or 5xx is `Unavailable`, the
-    /// rest `Upstream`.
+    /// (or a circuit its 429 opened) and a denial are their own, unreachable,
+    /// 5xx or an open circuit is `Unavailable`, the rest `Upstream`.
     pub(crate) fn from_upstream(
         upstream: &str,
         source: upstream::Error,
@@ -88,9 +104,23 @@ impl Error {
                 upstream,
                 retry_after,
             },
+            // The circuit opened on the upstream's rate limit: still one.
+            upstream::Error::CircuitOpen(refusal) if refusal.rate_limited => Error::RateLimited {
+                upstream,
+                retry_after: Some(refusal.retry_in.max(Duration::from_secs(1))),
+            },
             source @ upstream::Error::Denied { .. } => Error::Denied { upstream, source },
             source if source.is_unavailable() => Error::Unavailable { upstream, source },
             source => Error::Upstream { upstream, source },
+        }
+    }
+
+    /// The failure itself, for a request that shares another's (a fill it
+    /// joined, a manifest request it waited for).
+    pub(crate) fn cause(&self) -> &Error {
+        match self {
+            Error::Fill(shared) | Error::Flight(shared) => shared.cause(),
+            own => own,
         }
     }
 

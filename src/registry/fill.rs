@@ -75,9 +75,10 @@ pub(crate) struct FillOwner {
 pub(crate) struct Fill {
     pub(crate) owner: FillOwner,
     progress: watch::Receiver<FillState>,
-    /// Other repositories the upstream confirmed while this fill ran; linked by
+    /// Other repositories (of this or another upstream) their upstream
+    /// confirmed while this fill ran; linked, each under its own upstream, by
     /// the fill once its content is indexed. `None` once it has taken them.
-    joined: Mutex<Option<Vec<RepoName>>>,
+    joined: Mutex<Option<Vec<FillOwner>>>,
 }
 
 impl Fill {
@@ -126,14 +127,15 @@ impl Fill {
         }
     }
 
-    /// Records that the upstream confirmed `repo` has this blob, for the fill to
-    /// link once its content is indexed. False if the fill has already indexed
-    /// its content and linked its repositories: the caller links `repo` itself.
-    pub(crate) fn add_joined(&self, repo: RepoName) -> bool {
+    /// Records that `confirmed`'s upstream confirmed its repository has this
+    /// blob, for the fill to link (under that upstream) once its content is
+    /// indexed. False if the fill has already indexed its content and linked
+    /// its repositories: the caller links its repository itself.
+    pub(crate) fn add_joined(&self, confirmed: FillOwner) -> bool {
         let mut joined = self.joined.lock().expect("fill lock poisoned");
         match joined.as_mut() {
-            Some(repos) => {
-                repos.push(repo);
+            Some(owners) => {
+                owners.push(confirmed);
                 true
             }
             None => false,
@@ -195,7 +197,7 @@ pub(crate) struct FillGuard {
 impl FillGuard {
     /// The repositories confirmed while the fill ran; later ones are linked by
     /// their requests (see [`Fill::add_joined`]). Call after indexing the content.
-    pub(crate) fn take_joined(&self) -> Vec<RepoName> {
+    pub(crate) fn take_joined(&self) -> Vec<FillOwner> {
         let inflight = self.fills.inflight.lock().expect("fills lock poisoned");
         inflight
             .get(&self.digest)

@@ -108,10 +108,12 @@ impl FillJob {
             // need the row, so the joined repositories are not recorded.
             return Ok(FillState::Committed { size, file });
         }
-        for repo in guard.take_joined() {
-            // The content is committed: a failed link only costs a later HEAD.
-            if let Err(e) = self.local.link(&self.route.key, &repo, &self.digest).await {
-                tracing::warn!(digest = %self.digest, %repo, error = %e, "cannot link a confirmed repository");
+        for joined in guard.take_joined() {
+            // Under the upstream that confirmed it, which may not be ours. The
+            // content is committed: a failed link only costs a later HEAD.
+            let (upstream, repo) = (&joined.upstream, &joined.repo);
+            if let Err(e) = self.local.link(upstream, repo, &self.digest).await {
+                tracing::warn!(digest = %self.digest, upstream = %upstream.name, %repo, error = %e, "cannot link a confirmed repository");
             }
         }
         tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob cached");

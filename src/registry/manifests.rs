@@ -1,20 +1,27 @@
 //! Manifest requests. By digest: served from the cache once cached, never asked
 //! upstream again. By tag: a mapping younger than the upstream's `tag_ttl` is
-//! served as is; an older one is revalidated with an upstream HEAD; when the
-//! upstream cannot answer, the last known mapping is served.
+//! served as is; an older one is served at once too, while one background
+//! revalidation asks the upstream (`registry::revalidate`), so a slow or
+//! hanging upstream never holds a cached tag's request.
 //!
-//! Manifests are stored as the exact upstream bytes with the upstream's media
-//! type, after their digest is checked; they are never re-serialized.
-//! Concurrent misses of one manifest wait for a single upstream request.
+//! Only manifests are cached as manifests: an upstream answer must name a
+//! manifest media type (or, with a generic one, be a manifest by its shape;
+//! `oci::recognise`), fit in [`MAX_MANIFEST_BYTES`] and hash to the digest it
+//! was asked by; anything else (a captive portal's HTML page) is an error
+//! naming the upstream's status and content type, and is never stored.
+//! Manifests are stored as the exact upstream bytes, never re-serialized.
+//! Concurrent misses of one manifest wait for a single upstream request, and
+//! its failure answers all of them: none repeats it behind the others.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, Instant};
 
 use http::Method;
 
+use super::local::Local;
 use super::{Error, Outcome, Registry, Route};
-use crate::oci::{Digest, MAX_MANIFEST_BYTES, Manifest, Reference, RepoName, Tag};
+use crate::oci::{Digest, MAX_MANIFEST_BYTES, Manifest, Reference, RepoName, Tag, recognise};
 use crate::upstream;
 
 impl Registry {
@@ -43,18 +50,19 @@ impl Registry {
         if let Some(answer) = self.linked_manifest(route, repo, digest).await? {
             return Ok(answer);
         }
-        // One request per digest goes on: the others wait, then find it cached.
-        let _flight = self
+        // One request per digest goes on: the others wait, then find it cached
+        // (or share its failure).
+        let flight = self
             .manifest_flights
             .lock(format!("{}/{repo}@{digest}", route.key.id))
             .await;
+        flight.failed_meanwhile()?;
         if let Some(answer) = self.linked_manifest(route, repo, digest).await? {
             return Ok(answer);
         }
-        let manifest = self
-            .fetch_manifest(route, repo, &Reference::Digest(digest.clone()))
-            .await?;
-        Ok((manifest, Outcome::Miss))
+        let reference = Reference::Digest(digest.clone());
+        let fetched = fetch_manifest(&self.local, route, repo, &reference, None).await;
+        Ok((flight.settle(fetched)?, Outcome::Miss))
     }
 
     /// A cached manifest, once `repo` is known (or confirmed) to have it.
@@ -86,134 +94,154 @@ impl Registry {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<(Arc<Manifest>, Outcome), Error> {
-        if let Some(manifest) = self.fresh_tag(route, repo, tag).await? {
-            return Ok((manifest, Outcome::Hit));
-        }
-        // One request per tag goes on: the others wait, then find it fresh.
-        let _flight = self
-            .manifest_flights
-            .lock(format!("{}/{repo}:{tag}", route.key.id))
-            .await;
         if let Some(known) = self.local.tag(&route.key, repo, tag).await? {
             if known.is_fresh(route.tag_ttl()) {
                 return Ok((known.manifest, Outcome::Hit));
             }
-            if let Some(answer) = self
-                .revalidate_tag(route, repo, tag, known.manifest)
-                .await?
-            {
-                return Ok(answer);
-            }
+            // Past its TTL: answered now; the upstream is asked meanwhile.
+            self.revalidations
+                .start(&self.local, route, repo, tag, &known.manifest);
+            return Ok((known.manifest, Outcome::Stale));
         }
-        let manifest = self
-            .fetch_manifest(route, repo, &Reference::Tag(tag.clone()))
-            .await?;
-        Ok((manifest, Outcome::Miss))
-    }
-
-    /// The manifest of a tag resolved less than `tag_ttl` ago.
-    async fn fresh_tag(
-        &self,
-        route: &Route,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> Result<Option<Arc<Manifest>>, Error> {
-        let known = self.local.tag(&route.key, repo, tag).await?;
-        Ok(known
-            .filter(|known| known.is_fresh(route.tag_ttl()))
-            .map(|known| known.manifest))
-    }
-
-    /// Asks the upstream (HEAD) whether a stale tag still points at `manifest`.
-    /// `Ok(None)` means it moved (or the upstream gave no digest): fetch it again.
-    async fn revalidate_tag(
-        &self,
-        route: &Route,
-        repo: &RepoName,
-        tag: &Tag,
-        manifest: Arc<Manifest>,
-    ) -> Result<Option<(Arc<Manifest>, Outcome)>, Error> {
+        // One request per tag goes on: the others wait, then find it cached
+        // (or share its failure).
+        let flight = self
+            .manifest_flights
+            .lock(format!("{}/{repo}:{tag}", route.key.id))
+            .await;
+        flight.failed_meanwhile()?;
+        if let Some(known) = self.local.tag(&route.key, repo, tag).await? {
+            return Ok((known.manifest, Outcome::Hit));
+        }
         let reference = Reference::Tag(tag.clone());
-        match route.client.manifest(Method::HEAD, repo, &reference).await {
-            Ok(response) if response.docker_content_digest().as_ref() == Some(&manifest.digest) => {
-                self.local
-                    .set_tag(&route.key, repo, tag, &manifest.digest, SystemTime::now())
-                    .await?;
-                Ok(Some((manifest, Outcome::Revalidated)))
-            }
-            Ok(_) => Ok(None),
-            Err(upstream::Error::NotFound) => {
-                self.local.remove_tag(&route.key, repo, tag).await?;
-                Err(Error::ManifestUnknown)
-            }
-            Err(e) if e.is_unavailable() => {
-                tracing::warn!(upstream = route.name(), %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
-                Ok(Some((manifest, Outcome::Stale)))
-            }
-            Err(e) => Err(Error::from_upstream(
-                route.name(),
-                e,
-                Error::ManifestUnknown,
-            )),
-        }
+        let fetched = fetch_manifest(&self.local, route, repo, &reference, None).await;
+        Ok((flight.settle(fetched)?, Outcome::Miss))
     }
+}
 
-    /// GETs a manifest upstream (asking for every media type), verifies it, stores
-    /// the exact bytes and indexes it (and the tag, for a tag reference).
-    async fn fetch_manifest(
-        &self,
-        route: &Route,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<Arc<Manifest>, Error> {
-        let response = route
-            .client
-            .manifest(Method::GET, repo, reference)
-            .await
-            .map_err(|e| Error::from_upstream(route.name(), e, Error::ManifestUnknown))?;
-        let header_digest = response.docker_content_digest();
-        let content_type = response.content_type().map(str::to_owned);
-        let bytes = response
-            .bytes_limited(MAX_MANIFEST_BYTES)
-            .await
-            .map_err(|e| Error::from_upstream(route.name(), e, Error::ManifestUnknown))?;
-        let digest = verified_digest(reference, header_digest.as_ref(), &bytes)?;
-        let manifest = Manifest::new(digest, content_type.as_deref(), bytes);
-        let tag = match reference {
-            Reference::Tag(tag) => Some(tag),
-            Reference::Digest(_) => None,
-        };
-        let manifest = self
-            .local
-            .publish_manifest(&route.key, repo, manifest, tag)
-            .await?;
-        tracing::info!(upstream = route.name(), %repo, %reference, digest = %manifest.digest, "manifest cached");
-        Ok(manifest)
+/// GETs a manifest upstream (asking for every media type), checks that it is
+/// one (type or shape, size, digest), stores the exact bytes and indexes it (and
+/// the tag, for a tag reference). `deadline` bounds the request and its body
+/// (a background revalidation's `revalidate_timeout`).
+pub(super) async fn fetch_manifest(
+    local: &Local,
+    route: &Route,
+    repo: &RepoName,
+    reference: &Reference,
+    deadline: Option<Duration>,
+) -> Result<Arc<Manifest>, Error> {
+    let fail = |e| Error::from_upstream(route.name(), e, Error::ManifestUnknown);
+    let response = match deadline {
+        Some(limit) => {
+            let sent = route
+                .client
+                .manifest_within(Method::GET, repo, reference, limit);
+            sent.await
+        }
+        None => route.client.manifest(Method::GET, repo, reference).await,
     }
+    .map_err(fail)?;
+    let status = response.status().as_u16();
+    let header_digest = response.docker_content_digest();
+    let content_type = response.content_type().map(str::to_owned);
+    let body = response.bytes_limited(MAX_MANIFEST_BYTES);
+    let bytes = match deadline {
+        Some(limit) => tokio::time::timeout(limit, body)
+            .await
+            .unwrap_or(Err(upstream::Error::Deadline { limit })),
+        None => body.await,
+    }
+    .map_err(fail)?;
+    let media_type =
+        recognise(content_type.as_deref(), &bytes).map_err(|why| Error::NotAManifest {
+            upstream: route.name().to_owned(),
+            status,
+            content_type: content_type.clone(),
+            why,
+        })?;
+    let digest = verified_digest(reference, header_digest.as_ref(), &bytes)?;
+    let manifest = Manifest {
+        digest,
+        media_type,
+        bytes,
+    };
+    let tag = match reference {
+        Reference::Tag(tag) => Some(tag),
+        Reference::Digest(_) => None,
+    };
+    let manifest = local
+        .publish_manifest(&route.key, repo, manifest, tag)
+        .await?;
+    tracing::info!(upstream = route.name(), %repo, %reference, digest = %manifest.digest, "manifest cached");
+    Ok(manifest)
 }
 
 /// One lock per manifest reference being resolved, so that concurrent misses of
-/// one manifest make one upstream request; the others wait and find it cached.
+/// one manifest make one upstream request; the others wait and find it cached,
+/// or get the failure it ended with while they waited.
 #[derive(Debug, Default)]
 pub(super) struct Flights {
-    inflight: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    inflight: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<Option<Failure>>>>>,
+}
+
+/// How the last request of a reference failed, and when.
+#[derive(Debug)]
+struct Failure {
+    at: Instant,
+    error: Arc<Error>,
+}
+
+/// A reference's turn to ask the upstream (see [`Flights::lock`]).
+#[derive(Debug)]
+pub(super) struct Flight {
+    slot: tokio::sync::OwnedMutexGuard<Option<Failure>>,
+    waited_since: Instant,
 }
 
 impl Flights {
-    pub(super) async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(super) async fn lock(&self, key: String) -> Flight {
+        let waited_since = Instant::now();
         let lock = {
             let mut inflight = self.inflight.lock().expect("flights lock poisoned");
             inflight.retain(|_, lock| lock.strong_count() > 0);
             match inflight.get(&key).and_then(Weak::upgrade) {
                 Some(lock) => lock,
                 None => {
-                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    let lock = Arc::new(tokio::sync::Mutex::new(None));
                     inflight.insert(key, Arc::downgrade(&lock));
                     lock
                 }
             }
         };
-        lock.lock_owned().await
+        Flight {
+            slot: lock.lock_owned().await,
+            waited_since,
+        }
+    }
+}
+
+impl Flight {
+    /// The failure of a request that held this turn while this one waited:
+    /// the same question would get the same answer (after the same timeout).
+    pub(super) fn failed_meanwhile(&self) -> Result<(), Error> {
+        match &*self.slot {
+            Some(failure) if failure.at >= self.waited_since => {
+                Err(Error::Flight(Arc::clone(&failure.error)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the turn with `result`; a failure is kept for those waiting.
+    pub(super) fn settle<T>(mut self, result: Result<T, Error>) -> Result<T, Error> {
+        result.map_err(|e| {
+            let error = Arc::new(e);
+            *self.slot = Some(Failure {
+                at: Instant::now(),
+                error: Arc::clone(&error),
+            });
+            Error::Flight(error)
+        })
     }
 }
 
@@ -260,5 +288,24 @@ mod tests {
         assert!(verified_digest(&tag, Some(&other), bytes).is_err());
         let sha512 = Digest::of(crate::oci::Algorithm::Sha512, bytes);
         assert_eq!(verified_digest(&tag, Some(&sha512), bytes).unwrap(), sha512);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failure_answers_those_who_waited_for_it_only() {
+        let flights = Arc::new(Flights::default());
+        let leader = flights.lock("k".into()).await;
+        assert!(leader.failed_meanwhile().is_ok());
+        let waiter = tokio::spawn({
+            let flights = Arc::clone(&flights);
+            async move { flights.lock("k".into()).await.failed_meanwhile() }
+        });
+        // The waiter runs until it waits for the leader's turn.
+        tokio::task::yield_now().await;
+        let answer = leader.settle::<()>(Err(Error::ManifestUnknown));
+        assert!(matches!(answer, Err(Error::Flight(_))));
+        let shared = waiter.await.unwrap().expect_err("the leader's failure");
+        assert!(matches!(shared, Error::Flight(e) if matches!(*e, Error::ManifestUnknown)));
+        // A request that came after the failure asks again.
+        assert!(flights.lock("k".into()).await.failed_meanwhile().is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! The registry service: decides, for every pull request, between a cache hit, a
-//! confirmation, a fill from the upstream, a revalidation or a stale answer. It
+//! confirmation, a fill from the upstream, or a stale answer (a tag past its
+//! TTL, answered at once while a background revalidation asks the upstream). It
 //! owns the routes (upstream clients), the local side ([`local::Local`]: store,
 //! index, memory cache and budget, with their invariants) and the fills in
 //! progress, and is the only module that combines them.
@@ -18,6 +19,7 @@ mod manifests;
 mod outcome;
 mod passthrough;
 mod referrers;
+mod revalidate;
 mod routes;
 
 use std::sync::Arc;
@@ -45,6 +47,7 @@ pub struct Registry {
     local: Local,
     fills: Arc<Fills>,
     manifest_flights: manifests::Flights,
+    revalidations: revalidate::Revalidations,
     referrers: referrers::Answers,
 }
 
@@ -67,6 +70,7 @@ impl Registry {
             local,
             fills: Arc::default(),
             manifest_flights: manifests::Flights::default(),
+            revalidations: revalidate::Revalidations::default(),
             referrers: referrers::Answers::default(),
         })
     }
@@ -78,7 +82,17 @@ impl Registry {
         self.local.ready().await
     }
 
-    /// The disk budget's enforcer (load it before serving, spawn its task).
+    /// Each upstream's name and its circuit (see `upstream::Health`).
+    pub fn upstream_health(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::upstream::HealthReport> {
+        self.routes
+            .all()
+            .iter()
+            .map(|r| (r.name().to_owned(), r.client.health()))
+            .collect()
+    }
+
     /// Each upstream's name and the `host:port`s its requests reached.
     pub fn upstream_hosts_seen(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         self.routes
@@ -88,6 +102,7 @@ impl Registry {
             .collect()
     }
 
+    /// The disk budget's enforcer (load it before serving, spawn its task).
     pub fn evictor(&self) -> &Arc<Evictor> {
         self.local.evictor()
     }

@@ -10,9 +10,9 @@ pub enum Outcome {
     Miss,
     /// Joined a fill already in progress for the same content.
     Follow,
-    /// A stale tag the upstream confirmed unchanged (HEAD), then served from cache.
-    Revalidated,
-    /// Served from cache because the upstream could not be asked.
+    /// A tag past its TTL, served from cache at once while a background
+    /// revalidation asks the upstream (or, with the upstream's circuit open,
+    /// without asking).
     Stale,
     /// Cached content served to another repository after the upstream confirmed it.
     Confirmed,
@@ -26,7 +26,6 @@ impl Outcome {
             Self::Hit => "hit",
             Self::Miss => "miss",
             Self::Follow => "follow",
-            Self::Revalidated => "revalidated",
             Self::Stale => "stale",
             Self::Confirmed => "confirmed",
             Self::Pass => "pass",

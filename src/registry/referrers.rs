@@ -201,7 +201,9 @@ impl Registry {
                     manifest.media_type
                 )));
             }
-            Err(Error::ManifestUnknown) => Bytes::from_static(EMPTY_INDEX.as_bytes()),
+            Err(e) if matches!(e.cause(), Error::ManifestUnknown) => {
+                Bytes::from_static(EMPTY_INDEX.as_bytes())
+            }
             Err(e) => return Err(e),
         };
         match artifact_type {

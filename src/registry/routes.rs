@@ -38,6 +38,11 @@ impl Route {
         self.config.tag_ttl
     }
 
+    /// How long a background revalidation of a tag may wait for the upstream.
+    pub(super) fn revalidate_timeout(&self) -> Duration {
+        self.config.revalidate_timeout
+    }
+
     /// GET or HEAD of a blob from this upstream, its 404 as `BlobUnknown`.
     pub(super) async fn fetch_blob(
         &self,

@@ -14,6 +14,7 @@ use reqwest::StatusCode;
 
 use super::cause;
 pub use super::cause::Cause;
+use super::health::Refusal;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use url::Url;
 
@@ -52,6 +53,25 @@ pub enum Error {
     /// `Location`, a bad token response, an unexpected status.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// Not sent: the upstream's circuit is open after consecutive failures
+    /// (see [`super::Health`]).
+    #[error("{}", circuit_message(.0))]
+    CircuitOpen(Refusal),
+    /// No answer within the caller's own bound (`revalidate_timeout`).
+    #[error("no upstream answer within {limit:?}")]
+    Deadline { limit: Duration },
+}
+
+fn circuit_message(refusal: &Refusal) -> String {
+    let next = if refusal.retry_in.is_zero() {
+        "a probe request is under way".to_owned()
+    } else {
+        format!("next attempt in {}s", refusal.retry_in.as_secs_f64().ceil())
+    };
+    format!(
+        "upstream circuit open after {} consecutive failures (last: {}); {next}",
+        refusal.failures, refusal.cause
+    )
 }
 
 impl Error {
@@ -60,13 +80,19 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable(_) | Self::ServerError { .. } | Self::TooManyRequests { .. }
+            Self::Unreachable(_)
+                | Self::ServerError { .. }
+                | Self::TooManyRequests { .. }
+                | Self::CircuitOpen(_)
+                | Self::Deadline { .. }
         )
     }
 
-    /// True when the upstream did not answer in time (connect or idle read).
+    /// True when the upstream did not answer in time (connect, idle read, or
+    /// the caller's deadline).
     pub fn timed_out(&self) -> bool {
         matches!(self, Self::Unreachable(t) if t.is_timeout())
+            || matches!(self, Self::Deadline { .. })
     }
 
     /// A transport failure while talking to `url`.

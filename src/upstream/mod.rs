@@ -12,6 +12,7 @@ pub(crate) mod auth;
 mod cause;
 pub(crate) mod challenge;
 mod error;
+mod health;
 mod probe;
 mod proxy;
 pub(crate) mod redirect;
@@ -35,6 +36,7 @@ use reqwest::{Method, StatusCode};
 use url::{Origin, Url};
 
 pub use error::{Cause, Error, Transport};
+pub use health::{Health, HealthReport, Refusal};
 pub use probe::{HopRecord, PROBE_TIMEOUT};
 pub use response::{ContentRange, Response};
 pub use resume::Continuation;
@@ -81,6 +83,8 @@ struct Inner {
     /// Every `host:port` that answered (redirect targets and token services
     /// included): what the egress allowlist must hold, for `regcache stats`.
     hosts_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The circuit: consecutive failures make requests fail fast for a while.
+    health: Health,
 }
 
 /// One logical request: where it starts, how, and for which of our repositories.
@@ -90,6 +94,8 @@ struct Call<'a> {
     /// Sent on every hop (Accept, Range); never Authorization.
     headers: HeaderMap,
     repo: &'a RepoName,
+    /// The caller's bound on the whole exchange, if shorter than the timeouts.
+    deadline: Option<Duration>,
 }
 
 /// The final hop of a redirect chain.
@@ -153,6 +159,7 @@ impl Upstream {
                 .map_err(|_| Error::Protocol("manifest media types are not a header".into()))?,
             trace,
             hosts_seen: Default::default(),
+            health: Health::new(&config.name),
         };
         Ok(Upstream {
             inner: Arc::new(inner),
@@ -182,6 +189,29 @@ impl Upstream {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Response, Error> {
+        self.manifest_call(method, repo, reference, None).await
+    }
+
+    /// Same, failing with [`Error::Deadline`] (a failure for the circuit) if
+    /// no answer came within `limit`.
+    pub async fn manifest_within(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        reference: &Reference,
+        limit: Duration,
+    ) -> Result<Response, Error> {
+        self.manifest_call(method, repo, reference, Some(limit))
+            .await
+    }
+
+    async fn manifest_call(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        reference: &Reference,
+        deadline: Option<Duration>,
+    ) -> Result<Response, Error> {
         let repo = &*self.qualified(repo)?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, self.inner.manifest_accept.clone());
@@ -191,6 +221,7 @@ impl Upstream {
             url,
             headers,
             repo,
+            deadline,
         })
         .await
     }
@@ -217,6 +248,7 @@ impl Upstream {
             url,
             headers,
             repo,
+            deadline: None,
         })
         .await
     }
@@ -241,6 +273,7 @@ impl Upstream {
             url,
             headers,
             repo,
+            deadline: None,
         })
         .await
     }
@@ -255,9 +288,9 @@ impl Upstream {
         url
     }
 
-    /// Runs one request to a 2xx answer: follows the redirect chain, and on a
-    /// 401 answers the challenge and starts again from the original URL (a
-    /// 401 at a redirect target is answered like containerd does).
+    /// Runs one request through the circuit ([`Health`]): refused at once
+    /// while it is open; otherwise sent (within the call's deadline, if any)
+    /// and its outcome counted.
     async fn send(&self, call: &Call<'_>) -> Result<Response, Error> {
         if call.method != Method::GET && call.method != Method::HEAD {
             return Err(Error::Protocol(format!(
@@ -265,6 +298,26 @@ impl Upstream {
                 call.method
             )));
         }
+        let permit = self.inner.health.admit().map_err(Error::CircuitOpen)?;
+        let result = match call.deadline {
+            Some(limit) => tokio::time::timeout(limit, self.exchange(call))
+                .await
+                .unwrap_or(Err(Error::Deadline { limit })),
+            None => self.exchange(call).await,
+        };
+        permit.record(&result);
+        result
+    }
+
+    /// The circuit's state, for `regcache stats`.
+    pub fn health(&self) -> HealthReport {
+        self.inner.health.report()
+    }
+
+    /// One request to a 2xx answer: follows the redirect chain, and on a
+    /// 401 answers the challenge and starts again from the original URL (a
+    /// 401 at a redirect target is answered like containerd does).
+    async fn exchange(&self, call: &Call<'_>) -> Result<Response, Error> {
         let mut state = RequestAuth::default();
         for _ in 0..MAX_AUTH_ROUNDS {
             let hop = self.follow(call, &mut state).await?;

@@ -108,6 +108,7 @@ impl Upstream {
             url: url.clone(),
             headers: Default::default(),
             repo: &repo,
+            deadline: None,
         };
         let response = self.send_hop(&call, &url, None).await?;
         let challenge = response
@@ -158,6 +159,7 @@ impl Upstream {
             url,
             headers,
             repo,
+            deadline: None,
         })
         .await
     }

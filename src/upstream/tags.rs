@@ -61,6 +61,7 @@ impl Upstream {
             url,
             headers,
             repo,
+            deadline: None,
         })
         .await
     }

@@ -196,6 +196,7 @@ pub(crate) fn config(url: &str) -> UpstreamConfig {
         tag_ttl: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
+        revalidate_timeout: Duration::from_secs(5),
         credentials: None,
         egress: Default::default(),
         probe_image: None,

@@ -3,8 +3,9 @@
 //! the body is cut once and resumed); a fill that fails for good aborts every
 //! reader, and the next request starts a new fill; a slow reader slows neither
 //! the fill nor the other readers; a fill whose every client has gone still
-//! commits; ranges that join a fill get exactly their bytes; herds on a cold or
-//! a stale tag make one upstream request.
+//! commits; ranges that join a fill get exactly their bytes; a herd on a cold
+//! tag makes one upstream request, and one on a stale tag is answered from the
+//! cache at once while one revalidation asks the upstream.
 //!
 //! Asserts bytes, digests, the fake's request log, the access log and the data
 //! directory, and orders events by progress (what the upstream has sent, what a
@@ -664,8 +665,35 @@ async fn a_herd_on_a_cold_tag_makes_one_upstream_get() {
     assert_eq!(count(&lines, "outcome=\"hit\""), 15, "{lines:#?}");
 }
 
+/// Sends `n` GETs for `url` while the fake holds manifest requests and returns
+/// their bodies, all read while it still holds them; then waits until a held
+/// request (`reached`) is at the upstream, and releases it.
+async fn herd_answered_while_held(
+    fake: &FakeUpstream,
+    url: &str,
+    n: usize,
+    reached: impl Fn() -> bool,
+) -> Vec<Bytes> {
+    fake.hold_manifests(true);
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let got = task.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{got:?}");
+        bodies.push(got.ok_body().clone());
+    }
+    wait_for("the revalidation to reach the upstream", reached).await;
+    fake.hold_manifests(false);
+    bodies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_herd_on_a_stale_tag_makes_one_upstream_revalidation() {
+async fn a_herd_on_a_stale_tag_is_answered_at_once_and_makes_one_upstream_revalidation() {
     let fake = FakeUpstream::k8s_like();
     let image = seed_image(&fake, "pause", "3.9", 100);
     // Long enough that the whole herd is answered within one TTL.
@@ -677,38 +705,48 @@ async fn a_herd_on_a_stale_tag_makes_one_upstream_revalidation() {
     let url = format!("{}{path}", regcache.url());
     let gets = || fake.hits_on(Host::Front, Method::GET, "/v2/pause/manifests/3.9");
     let heads = || fake.hits_on(Host::Front, Method::HEAD, "/v2/pause/manifests/3.9");
+    let revalidated = |found: &str| {
+        let line = format!("found=\"{found}\"");
+        let log = regcache.log();
+        log.contains("tag revalidated") && log.contains(&line)
+    };
     assert_eq!(get(&url).await.ok_body(), &image.manifest);
     assert_eq!((gets(), heads()), (1, 0));
 
-    // Stale, unchanged upstream: one HEAD answers the whole herd.
+    // Stale, unchanged upstream: the herd is answered from the cache while
+    // the one revalidation's HEAD is held at the upstream.
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    let bodies = herd_on_held_manifests(&fake, &url, 16, || {
+    let bodies = herd_answered_while_held(&fake, &url, 16, || {
         fake.hits_on(Host::Registry, Method::HEAD, "/manifests/3.9") >= 1
     })
     .await;
     for body in bodies {
         assert_eq!(body, image.manifest);
     }
+    wait_for("the revalidation", || revalidated("unchanged")).await;
     assert_eq!((gets(), heads()), (1, 1));
     let lines = wait_for_access_lines(&regcache, path, 17).await;
-    assert_eq!(count(&lines, "outcome=\"revalidated\""), 1, "{lines:#?}");
-    assert_eq!(count(&lines, "outcome=\"hit\""), 15, "{lines:#?}");
+    assert_eq!(count(&lines, "outcome=\"stale\""), 16, "{lines:#?}");
 
-    // Stale, moved upstream: one HEAD and one GET answer the whole herd, which
-    // gets the new manifest.
+    // Stale, moved upstream: the herd still gets the cached manifest at once;
+    // one HEAD and one GET fetch the new one, which the next request gets.
     let moved = seed_image(&fake, "pause", "3.9", 100);
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    let bodies = herd_on_held_manifests(&fake, &url, 16, || {
+    let bodies = herd_answered_while_held(&fake, &url, 16, || {
         fake.hits_on(Host::Registry, Method::HEAD, "/manifests/3.9") >= 2
     })
     .await;
     for body in bodies {
-        assert_eq!(body, moved.manifest);
+        assert_eq!(body, image.manifest);
     }
+    wait_for("the revalidation", || revalidated("moved")).await;
     assert_eq!((gets(), heads()), (2, 2));
-    let lines = wait_for_access_lines(&regcache, path, 33).await;
-    assert_eq!(count(&lines, "outcome=\"miss\""), 2, "{lines:#?}");
-    assert_eq!(count(&lines, "outcome=\"hit\""), 30, "{lines:#?}");
+    let got = get(&url).await;
+    assert_eq!(got.ok_body(), &moved.manifest);
+    let lines = wait_for_access_lines(&regcache, path, 34).await;
+    assert_eq!(count(&lines, "outcome=\"stale\""), 32, "{lines:#?}");
+    assert_eq!(count(&lines, "outcome=\"hit\""), 1, "{lines:#?}");
+    assert_eq!((gets(), heads()), (2, 2));
 }
 
 /// A HEAD from the repository a fill is fetching for is answered from that

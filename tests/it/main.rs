@@ -20,6 +20,8 @@ mod docker_engine;
 mod doctor;
 /// Disk budget: LRU eviction past max_size, pins, reads during eviction, oversized blobs, batched access times.
 mod evict;
+/// Fail fast (issue 16): cached tags answer at once whatever the upstream does (hang, 429, HTML 200); circuits; only manifests cached as manifests; fills shared across repositories and upstreams.
+mod failfast;
 /// Upstream down/500, tag TTL, wrong bytes, cut bodies, crash mid-fill, peak RSS.
 mod faults;
 /// Single-flight fills and coalescing: herds on a blob or a tag, failed and resumed fills, slow and departed readers, ranges.

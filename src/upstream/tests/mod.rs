@@ -270,10 +270,6 @@ async fn final_statuses_map_to_errors() {
         get("s500").await,
         Error::ServerError { status: 500 }
     ));
-    let err = get("s429").await;
-    assert!(
-        matches!(err, Error::TooManyRequests { retry_after: Some(d) } if d == Duration::from_secs(7))
-    );
     assert!(matches!(get("s403").await, Error::Denied { status: 403 }));
     assert!(matches!(get("s401").await, Error::Denied { status: 401 }));
     assert!(matches!(get("s418").await, Error::Protocol(_)));
@@ -282,6 +278,20 @@ async fn final_statuses_map_to_errors() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Protocol(_)));
+    // Last: a 429 with Retry-After opens the circuit for that long, so the
+    // next request is not sent at all.
+    let err = get("s429").await;
+    assert!(
+        matches!(err, Error::TooManyRequests { retry_after: Some(d) } if d == Duration::from_secs(7))
+    );
+    let sent = fake.seen().len();
+    let refused = get("s404").await;
+    assert!(
+        matches!(&refused, Error::CircuitOpen(r) if r.rate_limited && r.retry_in > Duration::from_secs(5)),
+        "{refused:?}"
+    );
+    assert!(refused.is_unavailable());
+    assert_eq!(fake.seen().len(), sent, "nothing was sent");
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@ pub mod dockerd;
 pub mod failure;
 /// The in-process registry.k8s.io-like upstream (front 307 → AR 302 → storage) with faults.
 pub mod fake;
+/// A fault-injecting HTTP proxy in front of docker-registry: hang, HTML 200, 429 with Retry-After.
+pub mod fault_proxy;
 /// A client for regcache, responses read to their end, OCI error checks, raw requests.
 pub mod http;
 /// Real tar images for real clients: OCI 3 layers, Docker manifest list, 1 GiB layer.
