@@ -63,11 +63,13 @@ pub struct ServerInfo {
     pub upstream_hosts: BTreeMap<String, Vec<String>>,
 }
 
-/// Bytes of committed content the configured pins cover.
+/// Bytes of committed content the configured and the runtime pins cover.
 pub async fn pinned_bytes(config: &Config, index: &Index) -> anyhow::Result<Option<u64>> {
     let store = super::attach_store(&config.data_dir)?;
-    let pins = &config.eviction.pins;
-    Ok(Some(crate::evict::pinned_bytes(index, &store, pins).await?))
+    let pins = config.eviction.pins.with_runtime(index).await?;
+    Ok(Some(
+        crate::evict::pinned_bytes(index, &store, &pins).await?,
+    ))
 }
 
 /// Gathers the statistics of `config.data_dir`.
