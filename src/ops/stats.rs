@@ -37,8 +37,17 @@ pub struct Stats {
     pub unlinked: u64,
     /// `None`: pins are not known to this build.
     pub pinned_bytes: Option<u64>,
+    /// How many pins there are, configured (`storage.pins`) and runtime (the index).
+    pub pins: PinCounts,
     /// `None`: no server is running on the data directory.
     pub server: Option<ServerInfo>,
+}
+
+/// How many pins cover the pinned bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PinCounts {
+    pub configured: usize,
+    pub runtime: usize,
 }
 
 /// Where `stats` took the budget from.
@@ -78,6 +87,10 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
     let index = super::open_index(data_dir, Access::ReadOnly)?;
     let summary: Summary = index.summary().await?;
     let pinned_bytes = pinned_bytes(config, &index).await?;
+    let pins = PinCounts {
+        configured: config.eviction.pins.iter().count(),
+        runtime: index.pins().await?.len(),
+    };
     let running = match server_stats::read(data_dir)? {
         ServerState::Running(s) => Some(s),
         ServerState::NotRunning => None,
@@ -107,6 +120,7 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
         tags: summary.tags,
         unlinked: summary.unlinked,
         pinned_bytes,
+        pins,
         server,
     })
 }
@@ -151,8 +165,13 @@ fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
         ("unlinked content", s.unlinked.to_string()),
         (
             "pinned",
-            s.pinned_bytes
-                .map_or_else(|| "unknown".to_owned(), human_size),
+            format!(
+                "{} ({} configured, {} runtime pins; regcache pin ls)",
+                s.pinned_bytes
+                    .map_or_else(|| "unknown".to_owned(), human_size),
+                s.pins.configured,
+                s.pins.runtime,
+            ),
         ),
     ];
     for (key, value) in rows {

@@ -171,6 +171,7 @@ async fn prefetch_pin_keeps_an_image_past_the_budget_and_a_restart_until_pin_rm(
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     let pause_bytes = (pause.manifest.len() + pause.config.bytes.len() + 2 * MIB) as u64;
     assert_eq!(stats["pinned_bytes"], pause_bytes, "{stats}");
+    assert_eq!(stats["pins"]["runtime"], 1, "{stats}");
 
     // Served from the cache with the upstream down; fetched from it once.
     fake.set_down(true);
