@@ -319,3 +319,31 @@ async fn a_digest_pin_covers_its_manifest_and_what_it_references() {
     assert!(pinned.contains(&manifest) && pinned.contains(&layer));
     assert!(!pinned.contains(&unrelated));
 }
+
+#[tokio::test]
+async fn a_runtime_tag_pin_of_an_index_covers_its_children_and_their_blobs() {
+    let env = env();
+    let layer = env.put(&[1; 300], "pause", 100).await;
+    let config = env.put(b"{}", "pause", 100).await;
+    let other = env.put(&[2; 300], "pause", 100).await;
+    let child =
+        format!(r#"{{"config":{{"digest":"{config}"}},"layers":[{{"digest":"{layer}"}}]}}"#);
+    let child = env.put(child.as_bytes(), "pause", 100).await;
+    let top = format!(r#"{{"manifests":[{{"digest":"{child}"}}]}}"#);
+    let top = env.put(top.as_bytes(), "pause", 100).await;
+    let (repo, tag) = ("pause".parse().unwrap(), "3.9".parse().unwrap());
+    env.index
+        .set_tag(UP, &repo, &tag, &top, SystemTime::now())
+        .await
+        .unwrap();
+    env.index
+        .add_pins(vec!["registry.k8s.io/pause:3.9".into()], "prefetch")
+        .await
+        .unwrap();
+    let pins = Pins::default().with_runtime(&env.index).await.unwrap();
+    let pinned = pins.pinned_digests(&env.index, &env.store).await.unwrap();
+    for digest in [&top, &child, &config, &layer] {
+        assert!(pinned.contains(digest), "{digest} not pinned");
+    }
+    assert!(!pinned.contains(&other));
+}
