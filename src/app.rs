@@ -84,7 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Without the socket (a data directory path longer than a socket address
     // allows, a file system without sockets) operator commands work on the
     // files, as they always could: not a reason to refuse to serve.
-    let admin = AdminSocket::bind(&config.data_dir, Arc::clone(registry.evictor()))
+    let admin = AdminSocket::bind(&config, Arc::clone(registry.evictor()))
         .inspect_err(|e| tracing::warn!(error = %format!("{e:#}"), "no admin socket; `regcache gc` will work on the files"))
         .ok();
     let scheme = if certificate.is_some() {

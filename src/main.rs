@@ -40,6 +40,11 @@ enum Command {
     /// Re-hash every cached file; report and remove corrupt ones (exit status 1
     /// if any were found).
     Verify(DataArgs),
+    /// Pins: content eviction never deletes. Lists the configured ones
+    /// (storage.pins) and adds or removes runtime ones, through the running
+    /// server or, without one, in the index (read when the server starts).
+    #[command(subcommand)]
+    Pin(PinCommand),
     /// Show or check the configuration (embedded default, then the file, then
     /// REGCACHE_* environment variables, then flags).
     #[command(subcommand)]
@@ -80,6 +85,26 @@ enum ConfigCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PinCommand {
+    /// List every pin: configured or runtime, who added it, the bytes it protects.
+    Ls(LsArgs),
+    /// Pin PATTERNs: <upstream>/<repository glob>[:<tag glob>] or
+    /// <upstream>/<repository>@<digest> (e.g. registry.k8s.io/pause:3.9).
+    Add(PinArgs),
+    /// Remove runtime pins (configured ones stay until removed from the
+    /// configuration); their content is evictable from the next pass.
+    Rm(PinArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PinArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(required = true, value_name = "PATTERN")]
+    patterns: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,6 +160,14 @@ struct PrefetchArgs {
     /// File of references; `-` or none reads stdin.
     #[arg(value_name = "FILE")]
     file: Option<PathBuf>,
+    /// Pin each image (exactly its tag or digest) before its blobs are
+    /// fetched; an image that fails is not left pinned. Through the server's
+    /// admin socket, else in the index of --data (needed unless --server is
+    /// on this machine).
+    #[arg(long)]
+    pin: bool,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -270,6 +303,7 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::FAILURE,
             Err(code) => code,
         },
+        Command::Pin(command) => pin(command),
         Command::Verify(args) => match operate(&args, |rt, config, out| {
             rt.block_on(ops::verify::run(&config.data_dir, out))
         }) {
@@ -385,6 +419,20 @@ fn scan(args: &ScanArgs) -> ExitCode {
     }
 }
 
+fn pin(command: PinCommand) -> ExitCode {
+    match command {
+        PinCommand::Ls(args) => done(operate(&args.data, |rt, config, out| {
+            rt.block_on(ops::pin::ls(config, args.json, out))
+        })),
+        PinCommand::Add(args) => done(operate(&args.data, |rt, config, out| {
+            rt.block_on(ops::pin::add(config, &args.patterns, out))
+        })),
+        PinCommand::Rm(args) => done(operate(&args.data, |rt, config, out| {
+            rt.block_on(ops::pin::rm(config, &args.patterns, out))
+        })),
+    }
+}
+
 /// `regcache prefetch`: 0 when every image was pulled, 1 when an image failed
 /// or a line was not a reference, 2 when the input cannot be read.
 fn prefetch(args: PrefetchArgs) -> ExitCode {
@@ -408,13 +456,6 @@ fn prefetch(args: PrefetchArgs) -> ExitCode {
             line.line, line.text, line.reason
         );
     }
-    let options = prefetch::Options {
-        server: args.server,
-        concurrency: usize::from(args.concurrency),
-        platforms: args.platform,
-    };
-    let bars = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let progress = prefetch::Progress::new(images.len(), bars);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -425,6 +466,26 @@ fn prefetch(args: PrefetchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Where pins go is settled before anything is pulled.
+    let pins = if args.pin {
+        match prefetch_pins(&runtime, &args) {
+            Ok(target) => Some(target),
+            Err(message) => {
+                eprintln!("regcache: {message}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let options = prefetch::Options {
+        server: args.server,
+        concurrency: usize::from(args.concurrency),
+        platforms: args.platform,
+        pins,
+    };
+    let bars = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = prefetch::Progress::new(images.len(), bars);
     match runtime.block_on(prefetch::run(images, &options, &progress)) {
         Ok(summary) => {
             println!("{}", summary.render());
@@ -439,6 +500,19 @@ fn prefetch(args: PrefetchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `prefetch --pin`: the server's admin socket or the index of the data
+/// directory (`--data`, else the configuration's when the server is local).
+fn prefetch_pins(
+    runtime: &tokio::runtime::Runtime,
+    args: &PrefetchArgs,
+) -> Result<ops::pin::Target, String> {
+    let config = load_data_config(&args.data)?;
+    let data_given = args.data.data.is_some();
+    runtime
+        .block_on(ops::pin::for_prefetch(&config, data_given, &args.server))
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn load_config(args: &ServeArgs) -> Result<config::Config, String> {

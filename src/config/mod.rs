@@ -82,6 +82,13 @@ impl Config {
             .find(|u| u.default)
             .expect("validation guarantees exactly one default upstream")
     }
+
+    /// Parses a pin pattern the way `storage.pins` entries are parsed: the
+    /// upstream a configured name or alias (resolved to the name), Docker
+    /// Hub's `library/` added (`regcache pin add`, `prefetch --pin`).
+    pub fn parse_pin(&self, text: &str) -> Result<crate::evict::Pin, String> {
+        walker::parse_pin(text, &self.upstreams)
+    }
 }
 
 /// One upstream registry.

@@ -201,15 +201,8 @@ impl Walker {
     /// Parses `storage.pins`, resolving each upstream name or alias.
     fn pins(&mut self, raw: &[String], upstreams: &[UpstreamConfig]) -> Vec<crate::evict::Pin> {
         let mut pins = Vec::new();
-        let resolve = |host: &str| {
-            upstreams
-                .iter()
-                .find(|u| u.answers_to(host))
-                .map(|u| u.name.clone())
-        };
         for (i, text) in raw.iter().enumerate() {
-            let text = docker_hub_pin(text, upstreams);
-            match crate::evict::Pin::parse(&text, resolve) {
+            match parse_pin(text, upstreams) {
                 Ok(pin) => pins.push(pin),
                 Err(e) => self.error(&format!("storage.pins[{i}]"), e),
             }
@@ -397,13 +390,27 @@ impl Walker {
     }
 }
 
+/// One pin pattern, its upstream resolved among `upstreams` (name or alias).
+pub(super) fn parse_pin(
+    text: &str,
+    upstreams: &[UpstreamConfig],
+) -> Result<crate::evict::Pin, String> {
+    let resolve = |host: &str| {
+        upstreams
+            .iter()
+            .find(|u| u.answers_to(host))
+            .map(|u| u.name.clone())
+    };
+    crate::evict::Pin::parse(&docker_hub_pin(text, upstreams), resolve)
+}
+
 /// A pin on Docker Hub names repositories as clients do (`docker.io/alpine:*`);
 /// they are stored as Docker Hub names them (`library/alpine`), as requests are.
 fn docker_hub_pin(text: &str, upstreams: &[UpstreamConfig]) -> String {
     let Some((host, rest)) = text.split_once('/') else {
         return text.to_owned();
     };
-    let repo = rest.split_once(':').map_or(rest, |(repo, _)| repo);
+    let repo = rest.split_once([':', '@']).map_or(rest, |(repo, _)| repo);
     let hub = upstreams
         .iter()
         .any(|u| u.answers_to(host) && u.is_docker_hub());

@@ -3,7 +3,8 @@
 //! low watermark. It owns the usage accounting (committed bytes, loaded from the
 //! index at start, updated on commit and eviction, re-read from the index on an
 //! interval so that a separate `regcache gc` is noticed), the reservations of
-//! fills in flight, the access times ([`AccessRecorder`]), the pins ([`Pins`]) and
+//! fills in flight, the access times ([`AccessRecorder`]), the pins ([`Pins`]:
+//! configured, and the runtime ones read from the index at each pass) and
 //! the eviction pass with its interval task.
 //!
 //! A fill reserves its upstream `Content-Length` before it writes a byte; the
@@ -116,6 +117,16 @@ impl Evictor {
         self.budget
     }
 
+    /// The index this evictor deletes from (the admin socket records pins in it).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The store this evictor deletes from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Committed bytes as this process accounts them.
     pub fn committed(&self) -> u64 {
         lock(&self.usage).totals().0
@@ -126,7 +137,8 @@ impl Evictor {
     pub async fn load(&self) -> Result<(), Error> {
         let committed = self.index.content_bytes().await?;
         lock(&self.usage).set_committed(committed);
-        let pinned = pinned_bytes(&self.index, &self.store, &self.pins).await?;
+        let pins = self.pins.with_runtime(&self.index).await?;
+        let pinned = pinned_bytes(&self.index, &self.store, &pins).await?;
         tracing::info!(
             max_size = self.budget.max_size(),
             high = self.budget.high(),

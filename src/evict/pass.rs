@@ -15,7 +15,8 @@ use crate::store::Store;
 /// wait at most for one such batch (milliseconds), however much is evicted.
 const COLLECT_BATCH: usize = 32;
 
-/// Evicts least-recently-used unpinned content until at most `target_bytes` are
+/// Evicts least-recently-used content not covered by `pins` (the configured
+/// ones) nor by the index's runtime pins until at most `target_bytes` are
 /// committed: for `regcache gc --to SIZE`, from a process separate from a
 /// running `serve` on the same data directory. The server notices the freed
 /// space at its next interval; its memory caches may still name deleted content,
@@ -31,6 +32,7 @@ pub async fn collect(
     target_bytes: u64,
 ) -> Result<EvictReport, Error> {
     let usage = index.content_bytes().await?;
+    let pins = pins.with_runtime(index).await?;
     let pinned = pins.pinned_digests(index, store).await?;
     let rows = index.content_by_last_access().await?;
     let pinned_bytes = sum_pinned(&rows, &pinned);
@@ -55,7 +57,8 @@ pub async fn collect(
     })
 }
 
-/// Bytes of committed content the pins cover (for `regcache stats`).
+/// Bytes of committed content `pins` cover, and only those: callers add
+/// the runtime pins ([`Pins::with_runtime`]) when they want them.
 pub async fn pinned_bytes(index: &Index, store: &Store, pins: &Pins) -> Result<u64, Error> {
     let pinned = pins.pinned_digests(index, store).await?;
     if pinned.is_empty() {
@@ -130,7 +133,10 @@ impl Evictor {
     ) -> Result<EvictReport, Error> {
         // LRU order must see the latest hits.
         self.flush_access().await;
-        let pinned = self.pins.pinned_digests(&self.index, &self.store).await?;
+        // Runtime pins are read here, once per pass: added through the admin
+        // socket or by another process, they count from the next pass on.
+        let pins = self.pins.with_runtime(&self.index).await?;
+        let pinned = pins.pinned_digests(&self.index, &self.store).await?;
         let rows = self.index.content_by_last_access().await?;
         let pinned_bytes = sum_pinned(&rows, &pinned);
         let marked =

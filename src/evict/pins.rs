@@ -1,6 +1,9 @@
-//! Pins: configured patterns whose content eviction never deletes.
+//! Pins: patterns whose content eviction never deletes. They come from the
+//! configuration (`storage.pins`) and from the index (runtime pins: `regcache
+//! pin add`, `prefetch --pin`); an eviction pass reads the index's anew each
+//! time ([`Pins::with_runtime`]), so nothing on the request path looks at pins.
 //!
-//! Grammar (`storage.pins` in `config.toml`): `<upstream>/<repo glob>[:<tag glob>]`.
+//! Grammar: `<upstream>/<repo glob>[:<tag glob>]` or `<upstream>/<repo>@<digest>`.
 //! `<upstream>` is a configured upstream's name or alias (`registry.k8s.io`);
 //! in a glob `*` matches any run of characters (including `/`) and `?` one
 //! character; everything else matches itself.
@@ -10,6 +13,8 @@
 //! - With a tag (`registry.k8s.io/pause:3.*`): the manifests the matching tags
 //!   point at, and what those manifests reference (an index's child manifests,
 //!   their config and layer blobs), read from the stored manifests.
+//! - With a digest (`registry.k8s.io/pause@sha256:…`): that manifest and what
+//!   it references, the same way.
 //!
 //! This module only computes the pinned set from the index and the stored
 //! manifests; it never deletes or writes anything.
@@ -28,25 +33,40 @@ pub struct Pin {
     pub upstream: String,
     pub repo: String,
     pub tag: Option<String>,
+    /// `@<digest>`: exactly this manifest (then `tag` is `None`).
+    pub digest: Option<Digest>,
 }
 
 impl Pin {
-    /// Parses `<upstream>/<repo glob>[:<tag glob>]`; `resolve` maps the upstream
-    /// part (name or alias) to the configured name, `None` if it names none.
+    /// Parses `<upstream>/<repo glob>[:<tag glob>]` or `<upstream>/<repo>@<digest>`;
+    /// `resolve` maps the upstream part (name or alias) to the configured
+    /// name, `None` if it names none.
     pub fn parse(text: &str, resolve: impl Fn(&str) -> Option<String>) -> Result<Pin, String> {
         let Some((upstream, rest)) = text.split_once('/') else {
             return Err(format!(
-                "{text:?} is not <upstream>/<repository>[:<tag>] (e.g. registry.k8s.io/pause:*)"
+                "{text:?} is not <upstream>/<repository>[:<tag>|@<digest>] (e.g. registry.k8s.io/pause:*)"
             ));
         };
         let Some(upstream) = resolve(upstream) else {
             return Err(format!("{upstream:?} names no configured upstream"));
+        };
+        let (rest, digest) = match rest.split_once('@') {
+            Some((repo, digest)) => {
+                let digest = digest
+                    .parse::<Digest>()
+                    .map_err(|e| format!("{text:?}: {e}"))?;
+                (repo, Some(digest))
+            }
+            None => (rest, None),
         };
         // Repository names never contain ':', so the last one starts the tag.
         let (repo, tag) = match rest.rsplit_once(':') {
             Some((repo, tag)) => (repo, Some(tag)),
             None => (rest, None),
         };
+        if tag.is_some() && digest.is_some() {
+            return Err(format!("{text:?}: a pin names a tag or a digest, not both"));
+        }
         let valid = |s: &str| {
             !s.is_empty()
                 && s.chars().all(|c| {
@@ -67,7 +87,13 @@ impl Pin {
             upstream,
             repo: repo.to_owned(),
             tag: tag.map(str::to_owned),
+            digest,
         })
+    }
+
+    /// Whether this pin covers a whole repository (no tag, no digest).
+    fn is_repo_wide(&self) -> bool {
+        self.tag.is_none() && self.digest.is_none()
     }
 
     fn matches_repo(&self, upstream: &str, repo: &str) -> bool {
@@ -75,9 +101,12 @@ impl Pin {
     }
 
     /// Whether this pattern selects `tag` of `repo` of `upstream` (a pattern
-    /// without a tag selects every tag of the repositories it matches).
+    /// without a tag selects every tag of the repositories it matches, one
+    /// with a digest none).
     pub fn selects_tag(&self, upstream: &str, repo: &str, tag: &str) -> bool {
-        self.matches_repo(upstream, repo) && self.tag.as_deref().is_none_or(|g| glob(g, tag))
+        self.digest.is_none()
+            && self.matches_repo(upstream, repo)
+            && self.tag.as_deref().is_none_or(|g| glob(g, tag))
     }
 }
 
@@ -86,6 +115,9 @@ impl fmt::Display for Pin {
         write!(f, "{}/{}", self.upstream, self.repo)?;
         if let Some(tag) = &self.tag {
             write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
         }
         Ok(())
     }
@@ -108,6 +140,22 @@ impl Pins {
         self.0.iter()
     }
 
+    /// These pins (the configured ones) and the runtime pins the index holds
+    /// now. A stored pattern is already canonical (its upstream a configured
+    /// name); one that no longer parses is logged and skipped.
+    pub async fn with_runtime(&self, index: &Index) -> Result<Pins, super::Error> {
+        let mut pins = self.0.clone();
+        for row in index.pins().await? {
+            match Pin::parse(&row.pattern, |upstream| Some(upstream.to_owned())) {
+                Ok(pin) => pins.push(pin),
+                Err(e) => {
+                    tracing::warn!(pattern = %row.pattern, error = %e, "ignoring a stored pin")
+                }
+            }
+        }
+        Ok(Pins(pins))
+    }
+
     /// Every digest the pins cover, as the index and store know them now.
     pub async fn pinned_digests(
         &self,
@@ -118,8 +166,8 @@ impl Pins {
         if self.0.is_empty() {
             return Ok(pinned);
         }
-        let (repo_pins, tag_pins): (Vec<&Pin>, Vec<&Pin>) =
-            self.0.iter().partition(|p| p.tag.is_none());
+        let (repo_pins, exact_pins): (Vec<&Pin>, Vec<&Pin>) =
+            self.0.iter().partition(|p| p.is_repo_wide());
         if !repo_pins.is_empty() {
             for (upstream, repo) in index.linked_repos().await? {
                 if repo_pins.iter().any(|p| p.matches_repo(&upstream, &repo)) {
@@ -127,15 +175,18 @@ impl Pins {
                 }
             }
         }
-        if !tag_pins.is_empty() {
-            let mut manifests = Vec::new();
-            for t in index.all_tags().await? {
-                let hit = tag_pins.iter().any(|p| {
-                    p.matches_repo(&t.upstream, &t.repo)
-                        && p.tag.as_deref().is_some_and(|g| glob(g, &t.tag))
-                });
-                if hit {
-                    manifests.push(t.digest);
+        if !exact_pins.is_empty() {
+            let mut manifests: Vec<Digest> =
+                exact_pins.iter().filter_map(|p| p.digest.clone()).collect();
+            if exact_pins.iter().any(|p| p.tag.is_some()) {
+                for t in index.all_tags().await? {
+                    let hit = exact_pins.iter().any(|p| {
+                        p.matches_repo(&t.upstream, &t.repo)
+                            && p.tag.as_deref().is_some_and(|g| glob(g, &t.tag))
+                    });
+                    if hit {
+                        manifests.push(t.digest);
+                    }
                 }
             }
             // Follow references: index → manifests → config and layers. Depth is
@@ -264,18 +315,33 @@ mod tests {
             Pin {
                 upstream: "registry.k8s.io".into(),
                 repo: "pause".into(),
-                tag: Some("*".into())
+                tag: Some("*".into()),
+                digest: None,
             }
         );
         assert_eq!(pin.to_string(), "registry.k8s.io/pause:*");
         let pin = Pin::parse("registry.k8s.io/coredns/*", resolve).unwrap();
         assert_eq!((pin.repo.as_str(), pin.tag), ("coredns/*", None));
+        let digest = Digest::sha256_of(b"m");
+        let pin = Pin::parse(&format!("k8s.gcr.io/pause@{digest}"), resolve).unwrap();
+        assert_eq!(
+            (pin.tag.as_deref(), pin.digest.as_ref()),
+            (None, Some(&digest))
+        );
+        assert_eq!(pin.to_string(), format!("registry.k8s.io/pause@{digest}"));
+        // Exact: the canonical spelling parses back to the same pin.
+        assert_eq!(Pin::parse(&pin.to_string(), resolve).unwrap(), pin);
+        assert!(!pin.selects_tag("registry.k8s.io", "pause", "3.9"));
+        let tag_and_digest = format!("registry.k8s.io/pause:3.9@{digest}");
         for bad in [
             "pause",
             "docker.io/library/alpine",
             "registry.k8s.io/",
             "registry.k8s.io/pause:",
             "registry.k8s.io/Pause Me",
+            "registry.k8s.io/pause@sha256:short",
+            "registry.k8s.io/pause@",
+            tag_and_digest.as_str(),
         ] {
             assert!(Pin::parse(bad, resolve).is_err(), "{bad}");
         }

@@ -268,3 +268,82 @@ async fn a_commit_past_the_high_watermark_wakes_a_pass_down_to_the_low_one() {
     assert_eq!(env.present(&oldest).await, (false, false));
     task.stop().await;
 }
+
+#[tokio::test]
+async fn runtime_pins_in_the_index_count_from_the_next_pass_and_in_collect() {
+    let env = env();
+    let runtime = env.put(&[1; 400], "pause", 100).await;
+    let other = env.put(&[2; 400], "etcd", 200).await;
+    let evictor = env.evictor(1000, &[]);
+    evictor.load().await.unwrap();
+    // Added after the evictor was built, as the admin socket does.
+    env.index
+        .add_pins(vec!["registry.k8s.io/pause".into()], "test")
+        .await
+        .unwrap();
+    let Admission::Reserved(_r) = evictor.reserve(400).await else {
+        panic!("no reservation")
+    };
+    assert_eq!(env.present(&runtime).await, (true, true));
+    assert_eq!(env.present(&other).await, (false, false));
+    // `regcache gc` with no server: the configured pins it is given plus the index's.
+    let report = collect(&env.index, &env.store, &Pins::default(), 0)
+        .await
+        .unwrap();
+    assert!(report.evicted.is_empty(), "{report:?}");
+    assert_eq!(report.pinned_bytes, 400);
+    // Removed: evictable.
+    env.index
+        .remove_pins(vec!["registry.k8s.io/pause".into()])
+        .await
+        .unwrap();
+    let report = collect(&env.index, &env.store, &Pins::default(), 0)
+        .await
+        .unwrap();
+    assert_eq!(report.evicted, [(runtime, 400)]);
+}
+
+#[tokio::test]
+async fn a_digest_pin_covers_its_manifest_and_what_it_references() {
+    let env = env();
+    let layer = env.put(&[1; 300], "pause", 100).await;
+    let unrelated = env.put(&[2; 300], "pause", 100).await;
+    let manifest = format!(r#"{{"layers":[{{"digest":"{layer}"}}]}}"#);
+    let manifest = env.put(manifest.as_bytes(), "pause", 100).await;
+    let evictor = env.evictor(1000, &[&format!("registry.k8s.io/pause@{manifest}")]);
+    let pinned = evictor
+        .pins
+        .pinned_digests(&env.index, &env.store)
+        .await
+        .unwrap();
+    assert!(pinned.contains(&manifest) && pinned.contains(&layer));
+    assert!(!pinned.contains(&unrelated));
+}
+
+#[tokio::test]
+async fn a_runtime_tag_pin_of_an_index_covers_its_children_and_their_blobs() {
+    let env = env();
+    let layer = env.put(&[1; 300], "pause", 100).await;
+    let config = env.put(b"{}", "pause", 100).await;
+    let other = env.put(&[2; 300], "pause", 100).await;
+    let child =
+        format!(r#"{{"config":{{"digest":"{config}"}},"layers":[{{"digest":"{layer}"}}]}}"#);
+    let child = env.put(child.as_bytes(), "pause", 100).await;
+    let top = format!(r#"{{"manifests":[{{"digest":"{child}"}}]}}"#);
+    let top = env.put(top.as_bytes(), "pause", 100).await;
+    let (repo, tag) = ("pause".parse().unwrap(), "3.9".parse().unwrap());
+    env.index
+        .set_tag(UP, &repo, &tag, &top, SystemTime::now())
+        .await
+        .unwrap();
+    env.index
+        .add_pins(vec!["registry.k8s.io/pause:3.9".into()], "prefetch")
+        .await
+        .unwrap();
+    let pins = Pins::default().with_runtime(&env.index).await.unwrap();
+    let pinned = pins.pinned_digests(&env.index, &env.store).await.unwrap();
+    for digest in [&top, &child, &config, &layer] {
+        assert!(pinned.contains(digest), "{digest} not pinned");
+    }
+    assert!(!pinned.contains(&other));
+}

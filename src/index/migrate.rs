@@ -10,7 +10,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::Error;
 
 /// Every migration, oldest first. Adding `0002_….sql` is one more line here.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_pins.sql"),
+];
 
 /// Brings the database at `path` to the latest schema, or refuses one written by a
 /// newer build. Either every pending migration applies or none does.
@@ -96,11 +99,54 @@ mod tests {
         let path = dir.path().join("index.db");
         Index::open(&path).unwrap();
         assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
-        assert_eq!(table_names(&path), ["content", "repo_content", "tags"]);
+        assert_eq!(
+            table_names(&path),
+            ["content", "pins", "repo_content", "tags"]
+        );
 
         Index::open(&path).unwrap();
         Index::open(&path).unwrap();
         assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    /// A file as the first release left it: 0001 applied, one content row.
+    fn version_1_with_a_row(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO content VALUES ('sha256:aa', 4, NULL, 1, 1)",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_version_1_file_gains_the_pins_table_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        version_1_with_a_row(&path);
+        // Operator commands never migrate: they say the server must start first.
+        let err = Index::open_existing(&path, crate::index::Access::ReadWrite).unwrap_err();
+        assert!(matches!(err, Error::SchemaTooOld { found: 1, .. }), "{err}");
+
+        Index::open(&path).unwrap();
+        assert_eq!(user_version(&path), 2);
+        assert_eq!(
+            table_names(&path),
+            ["content", "pins", "repo_content", "tags"]
+        );
+        let conn = Connection::open(&path).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM content", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        // STRICT like the others: a pattern is text, a time an integer.
+        let wrong_type = conn.execute(
+            "INSERT INTO pins VALUES ('registry.k8s.io/pause:3.9', 'test', 'now')",
+            [],
+        );
+        assert!(wrong_type.is_err());
     }
 
     #[test]

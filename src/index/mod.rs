@@ -1,6 +1,6 @@
 //! The SQLite index: which content is committed (size, media type, access times),
-//! which repository of which upstream it belongs to, and the last known tag
-//! mappings. The only module with SQL. Schema lives in `migrations/` (see
+//! which repository of which upstream it belongs to, the last known tag
+//! mappings and the pins added at runtime. The only module with SQL. Schema lives in `migrations/` (see
 //! `migrate`); connections in `db`.
 //!
 //! Every query runs on `spawn_blocking`: writes on the single writer connection,
@@ -14,6 +14,7 @@ mod error;
 mod lru;
 mod migrate;
 mod ops;
+mod pins;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 pub use error::Error;
 pub use lru::{LruRow, TagLink};
 pub use ops::{Access, ListingRow, Summary};
+pub use pins::PinRow;
 
 use crate::oci::{Digest, RepoName, Tag};
 use columns::{time_from_millis, unix_millis, unix_seconds};

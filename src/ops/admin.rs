@@ -2,6 +2,8 @@
 //! TCP port) on which a running `serve` answers operator commands with its own
 //! state. `regcache gc` asks it first, so eviction goes through the server's
 //! evictor: its commit guards, its memory and its usage accounting stay right.
+//! `regcache pin` and `prefetch --pin` record runtime pins through it, parsed
+//! with the server's own configuration ([`super::pin`]).
 //! Without a server (no socket, or nobody listening) the command works on the
 //! files as before. One JSON request line, one JSON answer line per connection.
 //!
@@ -17,13 +19,16 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::pin::{PinChange, PinEntry, Pinboard};
+use crate::config::Config;
 use crate::evict::{EvictReport, Evictor};
 
 /// The socket's file name under the data directory.
 pub const SOCKET_NAME: &str = "admin.sock";
 
-/// A request line longer than this is refused (requests are a few bytes).
-const MAX_REQUEST: u64 = 4096;
+/// A request line longer than this is refused (requests are a few bytes; a
+/// `pin add` of a few hundred patterns a few KiB).
+const MAX_REQUEST: u64 = 64 * 1024;
 
 /// What an operator command asks the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +36,15 @@ const MAX_REQUEST: u64 = 4096;
 pub enum Request {
     /// Evict down to `to` bytes (default: the server's low watermark).
     Gc { to: Option<u64> },
+    /// Every pin, configured and runtime.
+    PinList,
+    /// Add runtime pins (all or none).
+    PinAdd {
+        patterns: Vec<String>,
+        origin: String,
+    },
+    /// Remove runtime pins (all or none).
+    PinRemove { patterns: Vec<String> },
 }
 
 /// The server's answer.
@@ -38,6 +52,8 @@ pub enum Request {
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     Gc(GcAnswer),
+    Pins { pid: u32, pins: Vec<PinEntry> },
+    PinChanges { pid: u32, changes: Vec<PinChange> },
     Error(String),
 }
 
@@ -97,9 +113,10 @@ pub struct AdminSocket {
 
 impl AdminSocket {
     /// Listens on `<data>/admin.sock` (a stale file from a killed server is
-    /// replaced), mode 0600, answering with `evictor`.
-    pub fn bind(data_dir: &Path, evictor: Arc<Evictor>) -> anyhow::Result<Self> {
-        let path = data_dir.join(SOCKET_NAME);
+    /// replaced), mode 0600, answering with `evictor` and, for pins, the
+    /// server's `config`.
+    pub fn bind(config: &Config, evictor: Arc<Evictor>) -> anyhow::Result<Self> {
+        let path = config.data_dir.join(SOCKET_NAME);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(anyhow::Error::new(e).context(format!("removing {}", path.display())));
@@ -110,7 +127,12 @@ impl AdminSocket {
             UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
-        let task = tokio::spawn(accept(listener, evictor));
+        let pins = Arc::new(Pinboard::new(
+            config.clone(),
+            evictor.index().clone(),
+            evictor.store().clone(),
+        ));
+        let task = tokio::spawn(accept(listener, evictor, pins));
         Ok(Self { path, task })
     }
 
@@ -123,13 +145,13 @@ impl AdminSocket {
     }
 }
 
-async fn accept(listener: UnixListener, evictor: Arc<Evictor>) {
+async fn accept(listener: UnixListener, evictor: Arc<Evictor>, pins: Arc<Pinboard>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let evictor = Arc::clone(&evictor);
+                let (evictor, pins) = (Arc::clone(&evictor), Arc::clone(&pins));
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &evictor).await {
+                    if let Err(e) = answer(stream, &evictor, &pins).await {
                         tracing::warn!(error = %e, "admin socket request failed");
                     }
                 });
@@ -143,7 +165,7 @@ async fn accept(listener: UnixListener, evictor: Arc<Evictor>) {
 }
 
 /// Reads one request line, answers it with one line.
-async fn answer(stream: UnixStream, evictor: &Evictor) -> std::io::Result<()> {
+async fn answer(stream: UnixStream, evictor: &Evictor, pins: &Pinboard) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST))
@@ -158,6 +180,7 @@ async fn answer(stream: UnixStream, evictor: &Evictor) -> std::io::Result<()> {
                 Err(e) => Answer::Error(format!("{e:#}")),
             }
         }
+        Ok(request) => super::pin::answer(pins, request).await,
         Err(e) => Answer::Error(format!("not a request: {e}")),
     };
     let mut json = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;

@@ -31,6 +31,7 @@ pub async fn run(
             return Ok(report);
         }
         Some(Answer::Error(message)) => anyhow::bail!("the running server: {message}"),
+        Some(other) => anyhow::bail!("the running server answered {other:?} to gc"),
         None => {}
     }
     let index = super::open_index(data_dir, Access::ReadWrite)?;

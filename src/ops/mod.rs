@@ -1,6 +1,6 @@
 //! Operator commands: `regcache ls`, `stats`, `gc` and `verify`, and the counters file a running server writes for
 //! `stats`; `doctor`, which reads the configuration only and probes the upstreams; `prefetch`, which only talks HTTP
-//! to a running server; and `export`/`import` of OCI image layouts for sites without a registry. They are safe to
+//! to a running server (and, with `--pin`, records pins like `pin`); `pin`, the runtime pins; and `export`/`import` of OCI image layouts for sites without a registry. They are safe to
 //! run while `regcache serve` runs on the same data
 //! directory: they open the index with [`Index::open_existing`] (no creation, no
 //! migration; read-only for `ls` and `stats`, ordinary WAL write transactions
@@ -17,6 +17,7 @@ pub mod doctor;
 pub mod format;
 pub mod gc;
 pub mod ls;
+pub mod pin;
 pub mod prefetch;
 pub mod progress;
 pub mod server_stats;

@@ -37,8 +37,17 @@ pub struct Stats {
     pub unlinked: u64,
     /// `None`: pins are not known to this build.
     pub pinned_bytes: Option<u64>,
+    /// How many pins there are, configured (`storage.pins`) and runtime (the index).
+    pub pins: PinCounts,
     /// `None`: no server is running on the data directory.
     pub server: Option<ServerInfo>,
+}
+
+/// How many pins cover the pinned bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PinCounts {
+    pub configured: usize,
+    pub runtime: usize,
 }
 
 /// Where `stats` took the budget from.
@@ -65,11 +74,13 @@ pub struct ServerInfo {
     pub upstream_health: BTreeMap<String, crate::upstream::HealthReport>,
 }
 
-/// Bytes of committed content the configured pins cover.
+/// Bytes of committed content the configured and the runtime pins cover.
 pub async fn pinned_bytes(config: &Config, index: &Index) -> anyhow::Result<Option<u64>> {
     let store = super::attach_store(&config.data_dir)?;
-    let pins = &config.eviction.pins;
-    Ok(Some(crate::evict::pinned_bytes(index, &store, pins).await?))
+    let pins = config.eviction.pins.with_runtime(index).await?;
+    Ok(Some(
+        crate::evict::pinned_bytes(index, &store, &pins).await?,
+    ))
 }
 
 /// Gathers the statistics of `config.data_dir`.
@@ -78,6 +89,10 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
     let index = super::open_index(data_dir, Access::ReadOnly)?;
     let summary: Summary = index.summary().await?;
     let pinned_bytes = pinned_bytes(config, &index).await?;
+    let pins = PinCounts {
+        configured: config.eviction.pins.iter().count(),
+        runtime: index.pins().await?.len(),
+    };
     let running = match server_stats::read(data_dir)? {
         ServerState::Running(s) => Some(s),
         ServerState::NotRunning => None,
@@ -108,6 +123,7 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
         tags: summary.tags,
         unlinked: summary.unlinked,
         pinned_bytes,
+        pins,
         server,
     })
 }
@@ -152,8 +168,13 @@ fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
         ("unlinked content", s.unlinked.to_string()),
         (
             "pinned",
-            s.pinned_bytes
-                .map_or_else(|| "unknown".to_owned(), human_size),
+            format!(
+                "{} ({} configured, {} runtime pins; regcache pin ls)",
+                s.pinned_bytes
+                    .map_or_else(|| "unknown".to_owned(), human_size),
+                s.pins.configured,
+                s.pins.runtime,
+            ),
         ),
     ];
     for (key, value) in rows {

@@ -32,6 +32,8 @@ mod interop;
 mod ops;
 /// The Dockerfile copies what the build reads; the image runs `serve` unprivileged.
 mod packaging;
+/// Runtime pins: `prefetch --pin` and `pin add|rm|ls` through the admin socket or the index; pinned images survive a full mirror and restarts.
+mod pins;
 /// `regcache prefetch` through regcache from the k8s-like fake and docker-registry: blobs fetched once, offline pulls, platforms, failures.
 mod prefetch;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.

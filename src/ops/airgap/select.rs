@@ -17,7 +17,14 @@ pub(super) fn parse(patterns: &[String], config: &Config) -> anyhow::Result<Vec<
     };
     patterns
         .iter()
-        .map(|p| Pin::parse(p, resolve).map_err(|e| anyhow::anyhow!("pattern {e}")))
+        .map(|p| {
+            let pin = Pin::parse(p, resolve).map_err(|e| anyhow::anyhow!("pattern {e}"))?;
+            // Export selects tags (it names images by them); a digest selects none.
+            if pin.digest.is_some() {
+                anyhow::bail!("pattern {p:?}: export selects tags, not digests");
+            }
+            Ok(pin)
+        })
         .collect()
 }
 

@@ -4,8 +4,12 @@
 //! platforms, and every blob, hashed and checked, then discarded. At most
 //! `concurrency` requests are in flight at once (and as many images).
 //!
-//! It never touches the data directory; everything goes through the server,
-//! so routing, single flight, pins and the budget apply as for any client.
+//! Content goes only through the server, so routing, single flight, pins and
+//! the budget apply as for any client. With `--pin` it also pins each image
+//! (exactly its tag or digest, [`super::pin::exact_pattern`]) once its
+//! manifests resolved and before its blobs come, so the budget cannot evict
+//! the first blobs while the last arrive; an image that then fails has the
+//! pin it got removed again. Pins go through [`super::pin::Target`].
 
 mod input;
 mod mirror;
@@ -13,11 +17,12 @@ mod mirror;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use tokio::sync::Semaphore;
 use url::Url;
 
+use super::pin::{Target, exact_pattern};
 pub use super::progress::Progress;
 use crate::oci::{Descriptor, ImageRef, Platform, References};
 use crate::ops::format::human_size;
@@ -33,6 +38,8 @@ pub struct Options {
     pub concurrency: usize,
     /// Platforms to take from an index; empty for all.
     pub platforms: Vec<Platform>,
+    /// `--pin`: where each image's pin is recorded.
+    pub pins: Option<Target>,
 }
 
 /// What one image took.
@@ -64,6 +71,8 @@ pub struct Summary {
     pub pulled: Pulled,
     /// `(reference, cause)` of every image that failed.
     pub failed: Vec<(String, String)>,
+    /// With `--pin`: the patterns of the images pinned (new or already).
+    pub pinned: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -91,6 +100,12 @@ impl Summary {
             text.push_str(&format!(
                 ", {} not said (no Cache-Status)",
                 human_size(unknown)
+            ));
+        }
+        if !self.pinned.is_empty() {
+            text.push_str(&format!(
+                "\npinned {} images (see regcache pin ls)",
+                self.pinned.len()
             ));
         }
         for (reference, cause) in &self.failed {
@@ -124,22 +139,32 @@ pub async fn run(
                 let name = image.normalized();
                 let bar = progress.image(&name);
                 let began = Instant::now();
+                let pin = options
+                    .pins
+                    .as_ref()
+                    .map(|target| (target, exact_pattern(&image)));
                 let result = match resolved {
                     Ok(resolved) => {
-                        download(mirror, &image, resolved, concurrency, requests, &bar).await
+                        let fetch = download(mirror, &image, resolved, concurrency, requests, &bar);
+                        match &pin {
+                            Some((target, pattern)) => pinned(target, pattern, fetch).await,
+                            None => fetch.await,
+                        }
                     }
                     Err(e) => Err(e),
                 };
                 progress.finished(bar, &finished_line(&name, &result, began.elapsed()));
-                (name, result)
+                let pinned = pin.filter(|_| result.is_ok()).map(|(_, pattern)| pattern);
+                (name, result, pinned)
             }
         })
         .buffer_unordered(concurrency);
-    while let Some((name, result)) = results.next().await {
+    while let Some((name, result, pinned)) = results.next().await {
         match result {
             Ok(pulled) => summary.pulled.add(&pulled),
             Err(e) => summary.failed.push((name, format!("{e:#}"))),
         }
+        summary.pinned.extend(pinned);
     }
     summary.elapsed = started.elapsed();
     progress.clear();
@@ -236,6 +261,25 @@ async fn resolve(
         .filter(|b| seen.insert(b.digest.clone()))
         .collect();
     Ok(Resolved { manifests, blobs })
+}
+
+/// Pins `pattern`, then runs `download`; if that fails, a pin this call
+/// added is removed (one that was there before stays).
+async fn pinned(
+    target: &Target,
+    pattern: &str,
+    download: impl Future<Output = anyhow::Result<Pulled>>,
+) -> anyhow::Result<Pulled> {
+    let patterns = [pattern.to_owned()];
+    let (changes, _) = target.add(&patterns, "prefetch").await.context("pinning")?;
+    let result = download.await;
+    let added = changes.iter().any(|c| c.changed);
+    if result.is_err() && added {
+        if let Err(e) = target.remove(&patterns).await {
+            tracing::warn!(pattern, error = %format!("{e:#}"), "cannot remove the pin of a failed image");
+        }
+    }
+    result
 }
 
 /// Every blob of a resolved image, at most `concurrency` at once.
