@@ -13,6 +13,7 @@ pub mod counters;
 pub mod evict;
 pub mod index;
 pub mod listener;
+pub mod metrics;
 pub mod oci;
 pub mod ops;
 pub mod registry;

@@ -14,6 +14,7 @@ mod error;
 mod lru;
 mod migrate;
 mod ops;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 pub use error::Error;
 pub use lru::{LruRow, TagLink};
 pub use ops::{Access, ListingRow, Summary};
+pub use usage::RepoUsage;
 
 use crate::oci::{Digest, RepoName, Tag};
 use columns::{time_from_millis, unix_millis, unix_seconds};

@@ -19,6 +19,7 @@ mod response;
 mod resume;
 mod tags;
 mod tls;
+mod traffic;
 
 #[cfg(test)]
 mod testing;
@@ -39,6 +40,7 @@ pub use probe::{HopRecord, PROBE_TIMEOUT};
 pub use response::{ContentRange, Response};
 pub use resume::Continuation;
 pub use tls::CertificateRejected;
+pub use traffic::{STATUS_CLASSES, Traffic, TrafficSnapshot};
 
 use crate::config::{ProxySettings, UpstreamConfig};
 use crate::oci::{Digest, Reference, RepoName, media_type};
@@ -81,6 +83,8 @@ struct Inner {
     /// Every `host:port` that answered (redirect targets and token services
     /// included): what the egress allowlist must hold, for `regcache stats`.
     hosts_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Hops by status class and body bytes read, for `/metrics`.
+    traffic: Arc<Traffic>,
 }
 
 /// One logical request: where it starts, how, and for which of our repositories.
@@ -153,6 +157,7 @@ impl Upstream {
                 .map_err(|_| Error::Protocol("manifest media types are not a header".into()))?,
             trace,
             hosts_seen: Default::default(),
+            traffic: Arc::default(),
         };
         Ok(Upstream {
             inner: Arc::new(inner),
@@ -269,7 +274,7 @@ impl Upstream {
         for _ in 0..MAX_AUTH_ROUNDS {
             let hop = self.follow(call, &mut state).await?;
             if hop.response.status() != StatusCode::UNAUTHORIZED {
-                return finish(hop);
+                return finish(hop).map(|r| r.counted(Arc::clone(&self.inner.traffic)));
             }
             self.answer_challenge(call, &mut state, &hop).await?;
         }
@@ -347,6 +352,8 @@ impl Upstream {
         if let Some(trace) = &self.inner.trace {
             trace.record(&call.method, url, started, result.as_ref());
         }
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        self.inner.traffic.hop(status);
         if result.is_ok() {
             self.saw(url);
         }
@@ -363,6 +370,11 @@ impl Upstream {
         if !seen.contains(&host) {
             seen.insert(host);
         }
+    }
+
+    /// Requests by status class and bytes read since start.
+    pub fn traffic(&self) -> TrafficSnapshot {
+        self.inner.traffic.snapshot()
     }
 
     /// Every `host:port` this upstream's requests reached since start, sorted.
