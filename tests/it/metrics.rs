@@ -57,15 +57,15 @@ async fn scrape_until(base: &str, what: &str, check: impl Fn(&Metrics) -> bool) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_after_a_miss_a_hit_a_herd_a_stale_answer_and_an_eviction() {
     let fake = FakeUpstream::k8s_like();
-    let x = fake.put_blob("app", random_bytes(MIB));
-    let y = fake.put_blob("app", random_bytes(MIB));
-    let z = fake.put_blob("app", random_bytes(MIB));
+    let x = fake.put_blob("counted-repo", random_bytes(MIB));
+    let y = fake.put_blob("counted-repo", random_bytes(MIB));
+    let z = fake.put_blob("counted-repo", random_bytes(MIB));
     let image = seed_image(&fake, "pause", "3.9", 10);
     let regcache = Regcache::builder()
         .config_toml(config(&fake.url(), ""))
         .start();
     let base = regcache.url();
-    let blob = |digest: &str| format!("{base}/v2/app/blobs/{digest}");
+    let blob = |digest: &str| format!("{base}/v2/counted-repo/blobs/{digest}");
 
     let before = Metrics::scrape(&base).await;
     assert!(before.nonzero("regcache_requests_total").is_empty());
