@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::index::{self, Index};
 use crate::listener::{Certificate, PlainListener, TlsListener};
+use crate::metrics::{History, Observed};
 use crate::ops::admin::AdminSocket;
 use crate::ops::server_stats::StatsWriter;
 use crate::registry::Registry;
@@ -97,7 +98,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .as_ref()
         .map(|(users, auth)| Arc::new(Gate::new(Arc::clone(users), auth.required, &auth.realm)));
     let users_watch = users.map(|(users, _)| tokio::spawn(users.watch()));
-    let app = crate::api::router(registry, counters, gate);
+    let history = Arc::new(History::default());
+    let history_task = tokio::spawn(Arc::clone(&history).run(Arc::clone(&counters)));
+    let observed = Observed::new(Arc::clone(&registry), Arc::clone(&counters), history);
+    let (on_main, metrics_task) = match config.metrics_listen {
+        Some(addr) => (None, Some(serve_metrics(addr, observed).await?)),
+        None => (Some(observed), None),
+    };
+    let app = crate::api::router(registry, counters, gate, on_main);
     match certificate {
         None => serve(PlainListener(listener), app).await?,
         Some(certificate) => {
@@ -109,6 +117,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     stats_task.abort();
+    history_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if let Some(watch) = users_watch {
         watch.abort();
     }
@@ -122,6 +134,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     eviction.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds `server.metrics_listen` and serves `/metrics` and the status page
+/// there (plain HTTP) on a task of its own, until it is aborted.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    observed: Observed,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr} (server.metrics_listen)"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "metrics and status page listening");
+    let app = crate::api::observability_router(observed);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    }))
 }
 
 /// Serves `app` on `listener` until SIGINT or SIGTERM, then lets open

@@ -15,6 +15,7 @@ pub mod evict;
 pub mod fuzz;
 pub mod index;
 pub mod listener;
+pub mod metrics;
 pub mod oci;
 pub mod ops;
 pub mod registry;

@@ -2,12 +2,12 @@
 //! cache outcome and duration, written when the response body has been sent (or
 //! abandoned), so streamed blobs are logged with their real size and time.
 //! It only observes: it never changes a response. The same records feed the
-//! per-outcome [`Counters`] behind `regcache stats`.
+//! [`Counters`] behind `/metrics`, the status page and `regcache stats`.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::error::LoggedError;
-use crate::counters::Counters;
+use crate::counters::{Answered, Counters};
 use crate::registry::Outcome;
 
 /// Middleware: wraps the response body so the line is written when it ends.
@@ -33,6 +33,7 @@ pub async fn log_requests(
         |pq| pq.as_str().to_owned(),
     );
     let response = next.run(request).await;
+    let first_byte = started.elapsed();
     let record = Record {
         method: method.to_string(),
         path,
@@ -43,6 +44,7 @@ pub async fn log_requests(
             .get::<LoggedError>()
             .map(|e| e.0.clone()),
         started,
+        first_byte,
         counters,
     };
     let (parts, body) = response.into_parts();
@@ -67,15 +69,29 @@ struct Record {
     outcome: Option<&'static str>,
     error: Option<String>,
     started: Instant,
+    /// From the request's arrival to its response head.
+    first_byte: Duration,
     counters: Arc<Counters>,
 }
 
 impl Record {
-    fn write(self, bytes: u64, failure: Option<&str>) {
+    fn write(self, bytes: u64, failure: Option<&Failure<'_>>) {
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let outcome = self.outcome.unwrap_or("-");
-        let error = self.error.as_deref().or(failure).unwrap_or("");
-        self.counters.record(self.outcome, bytes);
+        let error = self
+            .error
+            .as_deref()
+            .or(failure.map(|f| f.message))
+            .unwrap_or("");
+        self.counters.record(&Answered {
+            path: &self.path,
+            is_get: self.method == "GET",
+            status: self.status,
+            outcome: self.outcome,
+            bytes,
+            broken: failure.is_some_and(|f| f.broken),
+            first_byte: self.first_byte,
+        });
         tracing::info!(
             target: "regcache::access",
             method = %self.method,
@@ -91,6 +107,12 @@ impl Record {
     }
 }
 
+/// Why a body ended early: its own error (`broken`), or the client leaving.
+struct Failure<'a> {
+    message: &'a str,
+    broken: bool,
+}
+
 /// A response body that counts what it sends and logs once at its end.
 struct LoggedBody {
     inner: Body,
@@ -102,7 +124,7 @@ struct LoggedBody {
 }
 
 impl LoggedBody {
-    fn finish(&mut self, failure: Option<&str>) {
+    fn finish(&mut self, failure: Option<&Failure<'_>>) {
         if let Some(record) = self.record.take() {
             record.write(self.bytes, failure);
         }
@@ -126,7 +148,10 @@ impl HttpBody for LoggedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 let message = e.to_string();
-                self.finish(Some(&message));
+                self.finish(Some(&Failure {
+                    message: &message,
+                    broken: true,
+                }));
             }
             Poll::Ready(None) => self.finish(None),
             Poll::Pending => {}
@@ -149,7 +174,10 @@ impl Drop for LoggedBody {
         // went away. (A HEAD's empty body is at its end without being polled.)
         let complete =
             self.inner.is_end_stream() || self.content_length.is_some_and(|len| self.bytes >= len);
-        let failure = (!complete).then_some("client disconnected");
-        self.finish(failure);
+        let failure = (!complete).then_some(Failure {
+            message: "client disconnected",
+            broken: false,
+        });
+        self.finish(failure.as_ref());
     }
 }

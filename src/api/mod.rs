@@ -14,6 +14,8 @@ mod handlers;
 mod health;
 mod negotiate;
 pub(crate) mod range;
+mod status;
+mod status_page;
 
 use std::sync::Arc;
 
@@ -29,18 +31,29 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub use endpoint::Endpoint;
 pub use error::ApiError;
 pub use health::{HEALTHZ, READYZ};
+pub use status::{METRICS, STATUS_PATHS};
 
 use crate::counters::Counters;
+use crate::metrics::Observed;
 use crate::registry::Registry;
 
 /// The router for `registry`: the health probes, and the registry API, where
 /// every finished request is logged and counted in `counters`, behind `gate`
-/// if client authentication is configured.
+/// if client authentication is configured; with `observed`, also `/metrics`
+/// and the status page (behind the same gate, outside the access log).
 pub fn router(
     registry: Arc<Registry>,
     counters: Arc<Counters>,
     gate: Option<Arc<auth::Gate>>,
+    observed: Option<Observed>,
 ) -> Router {
+    let pages = match observed {
+        Some(observed) => status::routes(observed).layer(axum::middleware::from_fn_with_state(
+            gate.clone(),
+            auth::check,
+        )),
+        None => Router::new(),
+    };
     let probes = Router::new()
         .route(health::HEALTHZ, get(health::healthz))
         .route(health::READYZ, get(health::readyz))
@@ -61,6 +74,12 @@ pub fn router(
             HeaderValue::from_static("registry/2.0"),
         ))
         .merge(probes)
+        .merge(pages)
+}
+
+/// `/metrics` and the status page alone, for `server.metrics_listen`.
+pub fn observability_router(observed: Observed) -> Router {
+    status::routes(observed)
 }
 
 /// `GET /v2/`: the API version check. Anonymous: no auth challenge, ever.

@@ -21,6 +21,9 @@ pub const DEFAULT_TOML: &str = include_str!("../../config.toml");
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `server.metrics_listen`: serve `/metrics` and the status page on this
+    /// address only (plain HTTP, no client auth); on `listen` if None.
+    pub metrics_listen: Option<SocketAddr>,
     /// `[server.tls]`: serve HTTPS with this certificate; plain HTTP if None.
     pub tls: Option<ServerTls>,
     /// `[server.auth]`: who may pull; everyone if None.

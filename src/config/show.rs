@@ -30,6 +30,9 @@ pub fn render(loaded: &Loaded) -> String {
 fn server_and_storage(lines: &mut Lines, config: &Config, loaded: &Loaded) {
     lines.header("[server]");
     lines.value(loaded, "server.listen", string(config.listen.to_string()));
+    if let Some(addr) = config.metrics_listen {
+        lines.value(loaded, "server.metrics_listen", string(addr.to_string()));
+    }
     if let Some(tls) = &config.tls {
         lines.header("[server.tls]");
         lines.value(loaded, "server.tls.cert_file", path(&tls.cert_file));

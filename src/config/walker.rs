@@ -53,6 +53,14 @@ impl Walker {
                 "an address like 0.0.0.0:5000",
             )
         });
+        let metrics_listen = server.contains_key("metrics_listen").then(|| {
+            self.parsed::<SocketAddr>(
+                &mut server,
+                "server",
+                "metrics_listen",
+                "an address like 127.0.0.1:9090",
+            )
+        });
         let tls = self.server_tls(&mut server);
         let auth = self.server_auth(&mut server);
         self.reject_unknown(&server, "server");
@@ -93,6 +101,7 @@ impl Walker {
         }
         Some(Config {
             listen: listen?,
+            metrics_listen: metrics_listen.flatten(),
             tls,
             auth,
             data_dir: data_dir?,

@@ -4,8 +4,9 @@
 //! index at start, updated on commit and eviction, re-read from the index on an
 //! interval so that a separate `regcache gc` is noticed), the reservations of
 //! fills in flight, the access times ([`AccessRecorder`]), the pins ([`Pins`]:
-//! configured, and the runtime ones read from the index at each pass) and
-//! the eviction pass with its interval task.
+//! configured, and the runtime ones read from the index at each pass),
+//! the eviction pass with its interval task, and what it reports to the status
+//! page and `/metrics` (`history`: evictions so far, [`DiskUsage`]).
 //!
 //! A fill reserves its upstream `Content-Length` before it writes a byte; the
 //! reservation is converted to committed bytes at commit and released on
@@ -27,6 +28,7 @@
 mod access;
 mod accounting;
 mod budget;
+mod history;
 mod pass;
 mod pins;
 mod task;
@@ -38,6 +40,7 @@ use tokio::sync::Notify;
 pub use access::AccessRecorder;
 pub use accounting::{Admission, CommitGuard, Reservation};
 pub use budget::Budget;
+pub use history::{DiskUsage, Eviction};
 pub use pass::{collect, pinned_bytes};
 pub use pins::{Pin, Pins};
 pub use task::EvictionTask;
@@ -47,6 +50,7 @@ use crate::index::{self, Index};
 use crate::oci::Digest;
 use crate::store::{self, Store};
 use accounting::{Busy, Usage};
+use history::EvictionHistory;
 
 /// Why an eviction pass or a budget query failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,8 @@ pub struct Evictor {
     usage: Mutex<Usage>,
     busy: Mutex<Busy>,
     access: AccessRecorder,
+    /// Evictions since start, for the status page and `/metrics`.
+    history: EvictionHistory,
     /// One pass at a time.
     pass: tokio::sync::Mutex<()>,
     /// Wakes the interval task after a commit passed the high watermark.
@@ -107,6 +113,7 @@ impl Evictor {
             usage: Mutex::default(),
             busy: Mutex::default(),
             access: AccessRecorder::default(),
+            history: EvictionHistory::default(),
             pass: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             evicted: Notify::new(),

@@ -145,6 +145,7 @@ impl Evictor {
         let evicted = self.index.remove_contents(marked.digests.clone()).await?;
         let freed_bytes: u64 = evicted.iter().map(|(_, size)| size).sum();
         let usage_after = lock(&self.usage).remove_committed(freed_bytes);
+        self.history.record(&evicted);
         let gone: HashSet<Digest> = evicted.iter().map(|(d, _)| d.clone()).collect();
         self.cache.forget_all(&gone).await;
         // Files last; a reader that has one open keeps reading it.

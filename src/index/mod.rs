@@ -15,6 +15,7 @@ mod lru;
 mod migrate;
 mod ops;
 mod pins;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub use error::Error;
 pub use lru::{LruRow, TagLink};
 pub use ops::{Access, ListingRow, Summary};
 pub use pins::PinRow;
+pub use usage::RepoUsage;
 
 use crate::oci::{Digest, RepoName, Tag};
 use columns::{time_from_millis, unix_millis, unix_seconds};

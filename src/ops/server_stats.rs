@@ -219,7 +219,15 @@ mod tests {
         assert_eq!(read(dir.path()).unwrap(), ServerState::NotRunning);
 
         let counters = Arc::new(Counters::default());
-        counters.record(Some("follow"), 7);
+        counters.record(&crate::counters::Answered {
+            path: "/v2/a/blobs/sha256:1",
+            is_get: true,
+            status: 200,
+            outcome: Some("follow"),
+            bytes: 7,
+            broken: false,
+            first_byte: Duration::from_millis(1),
+        });
         let budget = Budget::new(80 << 20, 0.9, 0.8);
         let writer = StatsWriter::new(dir.path(), budget, Arc::clone(&counters));
         writer.write().await.unwrap();

@@ -12,7 +12,9 @@
 //! the blob visible to later requests.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -21,6 +23,7 @@ use super::Error;
 use super::file_reader::FileReader;
 use super::local::UpstreamKey;
 use super::passthrough::PassThrough;
+use crate::metrics::histogram::{FILL_BOUNDS, Histogram, HistogramSnapshot};
 use crate::oci::{Digest, RepoName};
 
 /// What a fill has done so far, as seen by its readers.
@@ -75,6 +78,8 @@ pub(crate) struct FillOwner {
 pub(crate) struct Fill {
     pub(crate) owner: FillOwner,
     progress: watch::Receiver<FillState>,
+    /// When the fill was registered (its duration is measured from here).
+    started: Instant,
     /// Other repositories (of this or another upstream) their upstream
     /// confirmed while this fill ran; linked, each under its own upstream, by
     /// the fill once its content is indexed. `None` once it has taken them.
@@ -143,10 +148,46 @@ impl Fill {
     }
 }
 
-/// The fills in progress, owned by the `Registry` (no global state).
-#[derive(Debug, Default)]
+/// The fills in progress, owned by the `Registry` (no global state), and what
+/// they did: herd joins and the duration of each committed fill.
+#[derive(Debug)]
 pub(crate) struct Fills {
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Requests that joined a fill another request had started.
+    joins: AtomicU64,
+    /// From registration to commit, of fills that committed.
+    durations: Histogram,
+}
+
+impl Default for Fills {
+    fn default() -> Self {
+        Self {
+            inflight: Mutex::default(),
+            joins: AtomicU64::new(0),
+            durations: Histogram::new(FILL_BOUNDS),
+        }
+    }
+}
+
+/// One fill in progress as the status page shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FillProgress {
+    pub digest: String,
+    pub upstream: String,
+    pub repository: String,
+    /// Bytes in the temp file so far.
+    pub written: u64,
+    /// The upstream's `Content-Length`, when it sent one.
+    pub size: Option<u64>,
+    pub seconds: f64,
+}
+
+/// The fills' counters and the fills in progress.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct FillStats {
+    pub herd_joins: u64,
+    pub durations: HistogramSnapshot,
+    pub in_progress: Vec<FillProgress>,
 }
 
 impl Fills {
@@ -167,12 +208,14 @@ impl Fills {
     ) -> (Arc<Fill>, bool) {
         let mut inflight = self.inflight.lock().expect("fills lock poisoned");
         if let Some(fill) = inflight.get(digest) {
+            self.joins.fetch_add(1, Ordering::Relaxed);
             return (Arc::clone(fill), false);
         }
         let (tx, rx) = watch::channel(FillState::Connecting);
         let fill = Arc::new(Fill {
             owner,
             progress: rx,
+            started: Instant::now(),
             joined: Mutex::new(Some(Vec::new())),
         });
         inflight.insert(digest.clone(), Arc::clone(&fill));
@@ -183,6 +226,42 @@ impl Fills {
         };
         start(guard, tx);
         (fill, true)
+    }
+
+    /// Herd joins, committed fills' durations and every fill in progress
+    /// (largest digest first is not promised: sorted by digest).
+    pub(crate) fn stats(&self) -> FillStats {
+        let inflight = self.inflight.lock().expect("fills lock poisoned");
+        let mut in_progress: Vec<FillProgress> = inflight
+            .iter()
+            .map(|(digest, fill)| fill.progress_of(digest))
+            .collect();
+        drop(inflight);
+        in_progress.sort_by(|a, b| a.digest.cmp(&b.digest));
+        FillStats {
+            herd_joins: self.joins.load(Ordering::Relaxed),
+            durations: self.durations.snapshot(),
+            in_progress,
+        }
+    }
+}
+
+impl Fill {
+    fn progress_of(&self, digest: &Digest) -> FillProgress {
+        let (written, size) = match &*self.progress.borrow() {
+            FillState::Connecting | FillState::Failed(_) => (0, None),
+            FillState::Streaming { size, written, .. } => (*written, *size),
+            FillState::Committed { size, .. } => (*size, Some(*size)),
+            FillState::PassThrough { size, .. } => (0, *size),
+        };
+        FillProgress {
+            digest: digest.to_string(),
+            upstream: self.owner.upstream.name.clone(),
+            repository: self.owner.repo.to_string(),
+            written,
+            size,
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
     }
 }
 
@@ -203,6 +282,20 @@ impl FillGuard {
             .get(&self.digest)
             .and_then(|fill| fill.joined.lock().expect("fill lock poisoned").take())
             .unwrap_or_default()
+    }
+}
+
+impl FillGuard {
+    /// Records how the fill ended, just before the guard is dropped: the
+    /// duration of a fill that committed goes into the fills' histogram.
+    pub(crate) fn ended(&self, committed: bool) {
+        if !committed {
+            return;
+        }
+        let inflight = self.fills.inflight.lock().expect("fills lock poisoned");
+        if let Some(fill) = inflight.get(&self.digest) {
+            self.fills.durations.observe(fill.started.elapsed());
+        }
     }
 }
 

@@ -45,6 +45,7 @@ impl FillJob {
         // Out of the in-flight map first: a request arriving from now on starts
         // a new fill (after a failure) or finds the committed blob, instead of
         // joining a fill that has ended.
+        guard.ended(matches!(state, FillState::Committed { .. }));
         drop(guard);
         progress.send_replace(state);
     }

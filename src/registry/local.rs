@@ -142,6 +142,14 @@ impl Local {
         self.evictor.reserve(bytes).await
     }
 
+    /// The `limit` repositories with the most linked bytes (the status page).
+    pub(super) async fn largest_repositories(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::index::RepoUsage>, Error> {
+        Ok(self.index.largest_repositories(limit).await?)
+    }
+
     pub(super) fn budget(&self) -> Budget {
         self.evictor.budget()
     }

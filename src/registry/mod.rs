@@ -8,6 +8,7 @@
 //! It knows no HTTP status codes and no axum types: it returns domain values and
 //! `registry::Error`, which `api` maps to responses.
 
+mod activity;
 mod blobs;
 mod discovery;
 mod error;
@@ -25,8 +26,10 @@ mod routes;
 use std::sync::Arc;
 
 pub use crate::oci::Manifest;
+pub use activity::{Activity, UpstreamActivity};
 pub use blobs::{BlobBody, BlobReply};
 pub use error::Error;
+pub use fill::{FillProgress, FillStats};
 pub use outcome::Outcome;
 pub use referrers::Referrers;
 pub use routes::{Route, Routed};

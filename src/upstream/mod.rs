@@ -20,6 +20,7 @@ pub(crate) mod response;
 mod resume;
 mod tags;
 mod tls;
+mod traffic;
 
 #[cfg(test)]
 mod testing;
@@ -41,6 +42,7 @@ pub use probe::{HopRecord, PROBE_TIMEOUT};
 pub use response::{ContentRange, Response};
 pub use resume::Continuation;
 pub use tls::CertificateRejected;
+pub use traffic::{STATUS_CLASSES, Traffic, TrafficSnapshot};
 
 use crate::config::{ProxySettings, UpstreamConfig};
 use crate::oci::{Digest, Reference, RepoName, media_type};
@@ -85,6 +87,8 @@ struct Inner {
     hosts_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The circuit: consecutive failures make requests fail fast for a while.
     health: Health,
+    /// Hops by status class and body bytes read, for `/metrics`.
+    traffic: Arc<Traffic>,
 }
 
 /// One logical request: where it starts, how, and for which of our repositories.
@@ -160,6 +164,7 @@ impl Upstream {
             trace,
             hosts_seen: Default::default(),
             health: Health::new(&config.name),
+            traffic: Arc::default(),
         };
         Ok(Upstream {
             inner: Arc::new(inner),
@@ -322,7 +327,7 @@ impl Upstream {
         for _ in 0..MAX_AUTH_ROUNDS {
             let hop = self.follow(call, &mut state).await?;
             if hop.response.status() != StatusCode::UNAUTHORIZED {
-                return finish(hop);
+                return finish(hop).map(|r| r.counted(Arc::clone(&self.inner.traffic)));
             }
             self.answer_challenge(call, &mut state, &hop).await?;
         }
@@ -400,6 +405,8 @@ impl Upstream {
         if let Some(trace) = &self.inner.trace {
             trace.record(&call.method, url, started, result.as_ref());
         }
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        self.inner.traffic.hop(status);
         if result.is_ok() {
             self.saw(url);
         }
@@ -416,6 +423,11 @@ impl Upstream {
         if !seen.contains(&host) {
             seen.insert(host);
         }
+    }
+
+    /// Requests by status class and bytes read since start.
+    pub fn traffic(&self) -> TrafficSnapshot {
+        self.inner.traffic.snapshot()
     }
 
     /// Every `host:port` this upstream's requests reached since start, sorted.

@@ -7,6 +7,7 @@
 //! It never shows the final URL's query (a presigned signature) in `Debug`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -15,6 +16,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap};
 use url::Url;
 
 use super::Error;
+use super::Traffic;
 use super::error::without_query;
 use crate::oci::Digest;
 
@@ -23,6 +25,8 @@ pub struct Response {
     inner: reqwest::Response,
     /// The URL of the hop that answered (after every redirect).
     url: Url,
+    /// Where the body's bytes are counted, if anywhere.
+    traffic: Option<Arc<Traffic>>,
 }
 
 impl fmt::Debug for Response {
@@ -37,7 +41,17 @@ impl fmt::Debug for Response {
 
 impl Response {
     pub(crate) fn new(inner: reqwest::Response, url: Url) -> Self {
-        Self { inner, url }
+        Self {
+            inner,
+            url,
+            traffic: None,
+        }
+    }
+
+    /// Counts the body's bytes in `traffic` as they are read.
+    pub(crate) fn counted(mut self, traffic: Arc<Traffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
     }
 
     pub fn status(&self) -> StatusCode {
@@ -98,19 +112,28 @@ impl Response {
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
-        self.inner
+        let chunk = self
+            .inner
             .chunk()
             .await
-            .map_err(|e| Error::transport(e, &self.url))
+            .map_err(|e| Error::transport(e, &self.url))?;
+        if let (Some(traffic), Some(chunk)) = (&self.traffic, &chunk) {
+            traffic.received(chunk.len());
+        }
+        Ok(chunk)
     }
 
     /// The body as a stream of chunks; a transport failure mid-body is an
     /// `Err` item (never a silent early end).
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
-        let url = self.url;
-        self.inner
-            .bytes_stream()
-            .map(move |chunk| chunk.map_err(|e| Error::transport(e, &url)))
+        let (url, traffic) = (self.url, self.traffic);
+        self.inner.bytes_stream().map(move |chunk| {
+            let chunk = chunk.map_err(|e| Error::transport(e, &url))?;
+            if let Some(traffic) = &traffic {
+                traffic.received(chunk.len());
+            }
+            Ok(chunk)
+        })
     }
 }
 

@@ -265,3 +265,21 @@ fn real_clients_pull_with_credentials_over_http_and_tls() {
         tls.log()
     );
 }
+
+/// `/metrics` and the status page name repositories and hosts: on the
+/// registry's listener they sit behind the same required authentication.
+#[tokio::test]
+async fn metrics_and_the_status_page_are_behind_required_auth() {
+    let s = setup(true);
+    let base = s.rc.url();
+    for path in ["/metrics", "/", "/status?format=json"] {
+        let url = format!("{base}{path}");
+        for refused in [get(&url).await, get_as(&url, "alice", "wr0ng-pw").await] {
+            assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{path}");
+            let challenge = refused.header("www-authenticate");
+            assert_eq!(challenge, Some("Basic realm=\"test mirror\""), "{path}");
+        }
+        let got = get_as(&url, "alice", "s3cret-pw").await;
+        assert_eq!(got.status, StatusCode::OK, "{path}");
+    }
+}

@@ -673,3 +673,98 @@ fn config_show_explains_each_configmap() {
         );
     }
 }
+
+/// The ServiceMonitor, the classic scrape annotations and the Grafana dashboard
+/// in `deploy/monitoring/`, against the manifests and a real scrape: the
+/// ServiceMonitor selects the Service of the workload it names (by labels), on
+/// a port that Service has, at the binary's `/metrics`; annotated pods name
+/// their `http` port and that path; the binary answers `/metrics` on each
+/// annotated workload's config; and every metric the dashboard queries is in
+/// that answer.
+#[test]
+fn monitoring_scrapes_what_the_binary_serves() {
+    let docs = documents();
+    let monitoring = repo_root().join("deploy/monitoring");
+    let text = std::fs::read_to_string(monitoring.join("servicemonitor.yaml")).unwrap();
+    let monitor = &YamlLoader::load_from_str(&text).unwrap()[0];
+    assert_eq!(monitor["kind"].as_str(), Some("ServiceMonitor"));
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_hash()
+        .unwrap();
+    let services: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == "Service")
+        .filter(|d| {
+            let labels = &d.yaml["metadata"]["labels"];
+            selector
+                .iter()
+                .all(|(k, v)| &labels[k.as_str().unwrap()] == v)
+        })
+        .collect();
+    assert_eq!(services.len(), 1, "the ServiceMonitor selects one Service");
+    let service_ports: Vec<&str> = items(&services[0].yaml["spec"]["ports"])
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for endpoint in items(&monitor["spec"]["endpoints"]) {
+        let port = endpoint["port"].as_str().unwrap();
+        assert!(service_ports.contains(&port), "no Service port {port}");
+        assert_eq!(endpoint["path"].as_str(), Some(regcache::api::METRICS));
+    }
+
+    let dashboard = std::fs::read_to_string(monitoring.join("grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let queried = dashboard_metrics(&dashboard);
+    assert!(queried.len() >= 10, "{queried:?}");
+
+    let mut scraped = 0;
+    for w in workloads(&docs) {
+        let annotations = &w.doc.yaml["spec"]["template"]["metadata"]["annotations"];
+        if annotations["prometheus.io/scrape"].as_str() != Some("true") {
+            continue;
+        }
+        let port: u16 = annotations["prometheus.io/port"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(port, w.config.listen.port(), "{}", w.id());
+        let path = annotations["prometheus.io/path"].as_str().unwrap();
+        assert_eq!(path, regcache::api::METRICS, "{}", w.id());
+        let regcache = Regcache::builder().config_toml(&w.config_text).start();
+        let (status, _, body) = raw(regcache.addr(), "GET", path);
+        assert_eq!(status, 200, "{}", w.id());
+        let body = String::from_utf8(body).unwrap();
+        let exposed: BTreeSet<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        for metric in &queried {
+            assert!(
+                exposed.contains(metric.as_str()),
+                "the dashboard queries {metric}, not served"
+            );
+        }
+        scraped += 1;
+    }
+    assert!(scraped > 0, "no workload carries the scrape annotations");
+}
+
+/// Every `regcache_…` name in the dashboard's queries.
+fn dashboard_metrics(dashboard: &serde_json::Value) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("regcache_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+    }
+    names
+}

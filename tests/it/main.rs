@@ -28,6 +28,8 @@ mod faults;
 mod herd;
 /// skopeo, containerd and podman pulling through regcache from docker-registry and the k8s-like fake.
 mod interop;
+/// `/metrics` parsed by a Prometheus parser after a miss, a hit, a herd, a stale answer and an eviction; `stats` agrees; `metrics_listen`.
+mod metrics;
 /// Operator commands (ls, stats, verify, gc) beside a server; SIGKILL mid-fill and restart.
 mod ops;
 /// The Dockerfile copies what the build reads; the image runs `serve` unprivileged.
@@ -54,6 +56,8 @@ mod scan;
 mod serving_tls;
 /// Every error answer against the distribution spec's error-code table (status, code, body; HEAD without a body).
 mod spec_errors;
+/// The status page in headless Chromium: no failed request, the JSON's numbers, a hostile name escaped, screenshots.
+mod status_page;
 mod support;
 /// Tag TTL: fresh mappings stay local, stale ones are revalidated with a HEAD (same, moved, deleted).
 mod tags;

@@ -3,6 +3,8 @@
 //! here talks to anything but 127.0.0.1, and everything it starts is stopped when
 //! its handle drops, on success and on failure.
 
+/// Debian's headless Chromium: a page's DOM, its requests (NetLog), console lines, screenshots.
+pub mod chromium;
 /// skopeo, containerd (+ ctr) and podman pulling through a regcache mirror.
 pub mod clients;
 /// Operator commands (`gc`, `stats`, `verify`) run as a second process.
@@ -29,6 +31,8 @@ pub mod images;
 pub mod nginx;
 /// Child processes: a free port, output collected into a log, SIGTERM then SIGKILL.
 pub mod process;
+/// `/metrics` parsed by a Prometheus text-format parser; samples by name and labels.
+pub mod prometheus;
 /// The real regcache binary on a loopback port.
 pub mod regcache;
 /// Images seeded into the fake as plain data, and the pull every test makes of them.
