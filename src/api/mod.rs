@@ -12,6 +12,7 @@ mod endpoint;
 mod error;
 mod handlers;
 mod health;
+mod limits;
 mod negotiate;
 mod range;
 
@@ -29,6 +30,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub use endpoint::Endpoint;
 pub use error::ApiError;
 pub use health::{HEALTHZ, READYZ};
+pub use limits::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_URI_BYTES, over_capacity};
 
 use crate::counters::Counters;
 use crate::registry::Registry;
@@ -61,6 +63,7 @@ pub fn router(
             HeaderValue::from_static("registry/2.0"),
         ))
         .merge(probes)
+        .layer(axum::middleware::from_fn(limits::check))
 }
 
 /// `GET /v2/`: the API version check. Anonymous: no auth challenge, ever.

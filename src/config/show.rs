@@ -30,6 +30,20 @@ pub fn render(loaded: &Loaded) -> String {
 fn server_and_storage(lines: &mut Lines, config: &Config, loaded: &Loaded) {
     lines.header("[server]");
     lines.value(loaded, "server.listen", string(config.listen.to_string()));
+    let limits = &config.connections;
+    let count = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    for (key, value) in [
+        ("header_read_timeout", duration(limits.header_read_timeout)),
+        ("keepalive_timeout", duration(limits.keepalive_timeout)),
+        ("max_connections", count(limits.max_connections as u64)),
+        (
+            "max_requests_per_connection",
+            count(limits.max_requests_per_connection),
+        ),
+        ("shutdown_timeout", duration(limits.shutdown_timeout)),
+    ] {
+        lines.value(loaded, &format!("server.{key}"), value);
+    }
     if let Some(tls) = &config.tls {
         lines.header("[server.tls]");
         lines.value(loaded, "server.tls.cert_file", path(&tls.cert_file));
@@ -155,6 +169,13 @@ fn egress(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loade
         }
         ProxySource::Environment => {}
     }
+    let redirects = &egress.redirects;
+    value(
+        "allow_private_redirects",
+        Value::Boolean(redirects.allow_private),
+    );
+    let hosts = redirects.hosts.iter().cloned().map(string).collect();
+    value("redirect_hosts", Value::Array(hosts));
     let no_proxy = proxies.no_proxy.iter().cloned().map(string).collect();
     if proxies.source != ProxySource::Environment {
         value("no_proxy", Value::Array(no_proxy));

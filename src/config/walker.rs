@@ -5,6 +5,7 @@
 
 use super::*;
 
+mod connections;
 mod egress;
 mod values;
 
@@ -55,6 +56,7 @@ impl Walker {
         });
         let tls = self.server_tls(&mut server);
         let auth = self.server_auth(&mut server);
+        let connections = self.connection_limits(&mut server);
         self.reject_unknown(&server, "server");
         let data_dir = self
             .optional_string(&mut storage, "storage", "data_dir")
@@ -95,6 +97,7 @@ impl Walker {
             listen: listen?,
             tls,
             auth,
+            connections: connections?,
             data_dir: data_dir?,
             upstreams,
             eviction: eviction?,

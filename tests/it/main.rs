@@ -12,6 +12,8 @@ mod beside;
 mod client_auth;
 /// Configuration layers through the binary: flags over a partial file, REGCACHE_* variables, `config show` and `config check`.
 mod config_cli;
+/// Connection hygiene with raw sockets: idle and busy connections past max_connections, half-sent requests, request limits, bounded shutdown, 414/431 bodies.
+mod connections;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
 mod deploy;
 /// Docker Engine (dockerd) pulling Docker Hub names through regcache as its registry mirror, from docker-registry and the k8s-like fake.
@@ -34,6 +36,8 @@ mod packaging;
 mod prefetch;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
+/// Redirect policy: loopback to loopback allowed, redirect_hosts, userinfo in a Location refused.
+mod redirects;
 /// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale), docker-registry's fallback tag or an empty index, cached manifests naming the subject.
 mod referrers;
 /// Fills resumed with a Range request after a cut upstream body; permanent cuts.

@@ -25,10 +25,14 @@ pub mod images;
 pub mod nginx;
 /// Child processes: a free port, output collected into a log, SIGTERM then SIGKILL.
 pub mod process;
+/// A front on a chosen loopback address that 307s every request to one target.
+pub mod redirector;
 /// The real regcache binary on a loopback port.
 pub mod regcache;
 /// Images seeded into the fake as plain data, and the pull every test makes of them.
 pub mod seed;
+/// Raw TCP clients: idle connections, half-sent requests, keep-alive requests, closed-by-server checks.
+pub mod sockets;
 /// Debian's tinyproxy as a forward proxy with a default-deny CONNECT filter.
 pub mod tinyproxy;
 /// Test-time certificates (rcgen): a CA per test, 127.0.0.x leaves, rustls server configs.
