@@ -63,6 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::connections::raise_open_file_limit(config.connections.max_connections);
     let registry = Arc::new(open_registry(&config).await?);
     let eviction = registry.evictor().spawn(config.eviction.interval);
+    let scrub = registry.spawn_scrub(config.scrub);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -76,6 +77,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&counters),
     )
     .with_hosts(Arc::new(move || seen_by.upstream_hosts_seen()));
+    let scrubbed_by = Arc::clone(&registry);
+    let stats = stats.with_scrub(Arc::new(move || scrubbed_by.scrub_totals()));
     // Written once before "listening": the file is there when the server is.
     stats
         .write()
@@ -109,6 +112,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     stats_task.abort();
+    if let Some(scrub) = scrub {
+        scrub.abort();
+    }
     if let Some(watch) = users_watch {
         watch.abort();
     }

@@ -32,6 +32,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// The disk budget (`storage.max_size`, watermarks, pins).
     pub eviction: EvictionConfig,
+    /// The background re-hash of cached files (`storage.scrub_*`).
+    pub scrub: ScrubConfig,
     /// `[scan]`: what `regcache scan` reports.
     pub scan: ScanConfig,
 }
@@ -102,6 +104,24 @@ pub struct EvictionConfig {
     pub interval: Duration,
     /// Content never evicted.
     pub pins: crate::evict::Pins,
+}
+
+/// `storage.scrub_interval` and `storage.scrub_rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubConfig {
+    /// Time between passes; `None` (`"off"`) disables the scrub.
+    pub interval: Option<Duration>,
+    /// Bytes per second a pass reads at most.
+    pub rate: u64,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        Self {
+            interval: Some(Duration::from_secs(24 * 3600)),
+            rate: 20 * 1024 * 1024,
+        }
+    }
 }
 
 /// `storage.max_size` when absent (see config.toml).

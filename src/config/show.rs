@@ -81,6 +81,10 @@ fn server_and_storage(lines: &mut Lines, config: &Config, loaded: &Loaded) {
     lines.value(loaded, "storage.evict_interval", duration(*interval));
     let pins = pins.iter().map(|p| string(p.to_string())).collect();
     lines.value(loaded, "storage.pins", Value::Array(pins));
+    let scrub = &config.scrub;
+    let every = scrub.interval.map_or(string("off".into()), duration);
+    lines.value(loaded, "storage.scrub_interval", every);
+    lines.value(loaded, "storage.scrub_rate", string(size(scrub.rate)));
 }
 
 fn upstream(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loaded) {

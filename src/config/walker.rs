@@ -7,6 +7,7 @@ use super::*;
 
 mod connections;
 mod egress;
+mod scrub;
 mod values;
 
 /// Walks the TOML tree, collecting every error instead of stopping at the first.
@@ -62,6 +63,7 @@ impl Walker {
             .optional_string(&mut storage, "storage", "data_dir")
             .map(PathBuf::from);
         let (budget, raw_pins) = self.budget(&mut storage, overrides);
+        let scrub = self.scrub(&mut storage);
         self.reject_unknown(&storage, "storage");
         let frozen = self.frozen(&mut scan);
         self.reject_unknown(&scan, "scan");
@@ -101,6 +103,7 @@ impl Walker {
             data_dir: data_dir?,
             upstreams,
             eviction: eviction?,
+            scrub: scrub?,
             scan: ScanConfig { frozen },
         })
     }

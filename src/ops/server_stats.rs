@@ -34,6 +34,9 @@ pub struct ServerStats {
     /// The budget the server runs with; `None` in a file an older build wrote.
     #[serde(default)]
     pub budget: Option<BudgetInfo>,
+    /// What the scrub has re-hashed and removed; absent in older files.
+    #[serde(default)]
+    pub scrub: Option<ScrubTotals>,
 }
 
 /// A disk budget as numbers: `max_size` and its watermarks, as fractions and
@@ -59,6 +62,11 @@ impl From<Budget> for BudgetInfo {
     }
 }
 
+pub use crate::registry::ScrubTotals;
+
+/// Where the scrub's totals come from (the registry).
+pub type ScrubSource = Arc<dyn Fn() -> ScrubTotals + Send + Sync>;
+
 /// Where the hosts each upstream reached come from (the registry).
 pub type HostsSource = Arc<dyn Fn() -> BTreeMap<String, Vec<String>> + Send + Sync>;
 
@@ -72,6 +80,7 @@ pub struct StatsWriter {
     budget: BudgetInfo,
     counters: Arc<Counters>,
     hosts: Option<HostsSource>,
+    scrub: Option<ScrubSource>,
 }
 
 impl std::fmt::Debug for StatsWriter {
@@ -94,7 +103,19 @@ impl StatsWriter {
             budget: budget.into(),
             counters,
             hosts: None,
+            scrub: None,
         }
+    }
+
+    /// Also writes the scrub's totals, read from `scrub`.
+    pub fn with_scrub(mut self, scrub: ScrubSource) -> Self {
+        self.scrub = Some(scrub);
+        self
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let scrub = self.scrub.as_ref().map(|s| s());
+        (self.counters.snapshot(), self.hosts(), scrub)
     }
 
     /// Also writes the hosts each upstream reached, read from `hosts`.
@@ -109,12 +130,11 @@ impl StatsWriter {
 
     /// Writes the file now (temp file, then rename over the old one).
     pub async fn write(&self) -> std::io::Result<()> {
-        self.write_snapshot((self.counters.snapshot(), self.hosts()))
-            .await
+        self.write_snapshot(self.snapshot()).await
     }
 
     async fn write_snapshot(&self, snapshot: Snapshot) -> std::io::Result<()> {
-        let (outcomes, upstream_hosts) = snapshot;
+        let (outcomes, upstream_hosts, scrub) = snapshot;
         let stats = ServerStats {
             pid: self.pid,
             started_at: self.started_at,
@@ -122,6 +142,7 @@ impl StatsWriter {
             outcomes,
             upstream_hosts,
             budget: Some(self.budget),
+            scrub,
         };
         let json = serde_json::to_vec_pretty(&stats).map_err(std::io::Error::other)?;
         tokio::fs::write(&self.temp, json).await?;
@@ -137,7 +158,7 @@ impl StatsWriter {
         let mut written = None;
         loop {
             ticker.tick().await;
-            let snapshot = (self.counters.snapshot(), self.hosts());
+            let snapshot = self.snapshot();
             if written.as_ref() == Some(&snapshot) {
                 continue;
             }
@@ -151,10 +172,11 @@ impl StatsWriter {
     }
 }
 
-/// What changes in the file: the counters and the hosts seen.
+/// What changes in the file: the counters, the hosts seen, the scrub's totals.
 type Snapshot = (
     BTreeMap<String, OutcomeCount>,
     BTreeMap<String, Vec<String>>,
+    Option<ScrubTotals>,
 );
 
 /// What `stats` knows about the server on a data directory.

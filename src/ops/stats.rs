@@ -61,6 +61,8 @@ pub struct ServerInfo {
     pub outcomes: BTreeMap<String, OutcomeCount>,
     /// Per upstream, every `host:port` reached since the server started.
     pub upstream_hosts: BTreeMap<String, Vec<String>>,
+    /// What the scrub re-hashed and removed since the server started.
+    pub scrub: Option<server_stats::ScrubTotals>,
 }
 
 /// Bytes of committed content the configured pins cover.
@@ -90,6 +92,7 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
         updated_at: s.updated_at,
         outcomes: s.outcomes,
         upstream_hosts: s.upstream_hosts,
+        scrub: s.scrub,
     });
     Ok(Stats {
         usage_bytes: summary.content_bytes,
@@ -187,6 +190,16 @@ fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
             hosts.join(" ")
         };
         writeln!(out, "  {upstream}: {hosts}")?;
+    }
+    if let Some(scrub) = &server.scrub {
+        writeln!(
+            out,
+            "\nscrub since its start: {} passes, {} files ({}) re-hashed, {} corrupt removed",
+            scrub.passes,
+            scrub.files,
+            human_size(scrub.bytes),
+            scrub.removed
+        )?;
     }
     Ok(())
 }

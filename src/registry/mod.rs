@@ -19,6 +19,7 @@ mod outcome;
 mod passthrough;
 mod referrers;
 mod routes;
+mod scrub;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use error::Error;
 pub use outcome::Outcome;
 pub use referrers::Referrers;
 pub use routes::{Route, Routed};
+pub use scrub::ScrubTotals;
 
 use crate::config::Config;
 use crate::evict::Evictor;
@@ -46,6 +48,7 @@ pub struct Registry {
     fills: Arc<Fills>,
     manifest_flights: manifests::Flights,
     referrers: referrers::Answers,
+    scrub: scrub::ScrubCounters,
 }
 
 impl Registry {
@@ -68,6 +71,7 @@ impl Registry {
             fills: Arc::default(),
             manifest_flights: manifests::Flights::default(),
             referrers: referrers::Answers::default(),
+            scrub: scrub::ScrubCounters::default(),
         })
     }
 

@@ -50,6 +50,8 @@ mod routing_interop;
 mod scaleout;
 /// `regcache scan` over the fixture tree: references with lines, --list, --json, exit status, --fix diffs.
 mod scan;
+/// The background scrub: a flipped byte in a cached blob is removed without an operator and fetched again.
+mod scrub;
 /// TLS on regcache's listener: h2/h1.1, a mismatched key refused, reloads without dropping connections, skopeo/podman/containerd over TLS.
 mod serving_tls;
 /// Every error answer against the distribution spec's error-code table (status, code, body; HEAD without a body).
