@@ -127,6 +127,12 @@ impl Store {
         }))
     }
 
+    /// The directory committed content lives under (for its file system's
+    /// free space).
+    pub fn blobs_dir(&self) -> &Path {
+        &self.blobs
+    }
+
     /// Where committed content with this digest lives (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();

@@ -16,6 +16,8 @@ mod config_cli;
 mod connections;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
 mod deploy;
+/// Disk reality on a small tmpfs (root only): max_size past the disk warned, blobs past the free space passed through, the rest cached.
+mod disk;
 /// Docker Engine (dockerd) pulling Docker Hub names through regcache as its registry mirror, from docker-registry and the k8s-like fake.
 mod docker_engine;
 /// `regcache doctor`: the TLS chain through tinyproxy, hops and allowlist; a blocked storage host named.

@@ -37,6 +37,8 @@ pub mod sockets;
 pub mod tinyproxy;
 /// Test-time certificates (rcgen): a CA per test, 127.0.0.x leaves, rustls server configs.
 pub mod tls;
+/// A small tmpfs mounted for a test (root only; skipped otherwise), unmounted on drop.
+pub mod tmpfs;
 /// One upstream of either kind (docker-registry or the k8s-like fake): seed, count blob fetches, stop.
 pub mod upstream;
 
