@@ -434,7 +434,17 @@ impl Local {
                 reservation,
                 write,
             )
-            .await?;
+            .await;
+        let published = match published {
+            Ok(published) => published,
+            // A full disk (or a failing one) must not turn a verified
+            // manifest into a 500: it is served, only not cached.
+            Err(e @ (Error::Store(_) | Error::Index(_))) => {
+                tracing::warn!(upstream = upstream.name, %repo, digest = %manifest.digest, error = %e, "cannot cache a manifest; serving it without caching");
+                return Ok(Arc::new(manifest));
+            }
+            Err(e) => return Err(e),
+        };
         let manifest = Arc::new(manifest);
         if let Published::Unindexed { .. } = published {
             // Verified bytes, served; neither memory nor a tag may name
@@ -443,8 +453,13 @@ impl Local {
         }
         self.cache.set_manifest(Arc::clone(&manifest)).await;
         if let Some(tag) = tag {
-            self.set_tag(upstream, repo, tag, &manifest.digest, SystemTime::now())
-                .await?;
+            let set = self
+                .set_tag(upstream, repo, tag, &manifest.digest, SystemTime::now())
+                .await;
+            if let Err(e) = set {
+                // The manifest is committed; the tag is resolved upstream again next time.
+                tracing::warn!(upstream = upstream.name, %repo, %tag, error = %e, "cannot record a tag; serving its manifest anyway");
+            }
         }
         Ok(manifest)
     }

@@ -2,7 +2,8 @@
 //! than `max_size` (mounted by the test as root; skipped with a printed reason
 //! otherwise): a warning at start, a blob larger than the free space streamed
 //! whole to its client without being cached (never an abort on ENOSPC), and
-//! the next blob that fits cached again.
+//! the next blob that fits cached again; on a full disk, manifests and blobs
+//! still served (uncached), never a 500.
 //!
 //! Talks only to loopback; the tmpfs and every server are dropped by the test.
 
@@ -10,6 +11,15 @@ use crate::support::fake::FakeUpstream;
 use crate::support::regcache::Regcache;
 use crate::support::tmpfs::Tmpfs;
 use crate::support::{blob_file, config_toml, pull, seed_image};
+
+/// Writes a file in `dir` until the file system is full.
+fn fill_up(dir: &std::path::Path) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_smaller_than_max_size_passes_big_blobs_through_and_caches_the_rest() {
@@ -41,5 +51,11 @@ async fn a_disk_smaller_than_max_size_passes_big_blobs_through_and_caches_the_re
     pull(&regcache.url(), &small).await;
     assert!(blob_file(&data, &small.layer().digest).exists());
     pull(&regcache.url(), &big).await;
+
+    // A full disk: manifests and blobs are still served (never a 500), uncached.
+    fill_up(tmpfs.path());
+    let late = seed_image(&fake, "late", "1", 256 * 1024);
+    pull(&regcache.url(), &late).await;
+    assert!(!blob_file(&data, &late.layer().digest).exists());
     drop(regcache);
 }
