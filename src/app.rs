@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::api::auth::{ClientAddr, Gate};
+use crate::api::auth::Gate;
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::index::{self, Index};
@@ -21,9 +21,10 @@ use crate::registry::Registry;
 use crate::store::{self, Store};
 use crate::users::Users;
 
-/// How long in-flight responses may finish after a shutdown signal. Public so
-/// the Kubernetes manifests' termination grace period can be checked against it.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long in-flight responses may finish after a shutdown signal by default
+/// (`server.shutdown_timeout`). Public so the Kubernetes manifests'
+/// termination grace period can be checked against it.
+pub const SHUTDOWN_GRACE: Duration = crate::config::DEFAULT_SHUTDOWN_TIMEOUT;
 /// How often the request counters are written for `regcache stats`.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -60,8 +61,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(auth) => Some((Users::load(&auth.htpasswd)?, auth)),
         None => None,
     };
+    crate::connections::raise_open_file_limit(config.connections.max_connections);
     let registry = Arc::new(open_registry(&config).await?);
     let eviction = registry.evictor().spawn(config.eviction.interval);
+    let scrub = registry.spawn_scrub(config.scrub);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -76,6 +79,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .with_hosts(Arc::new(move || seen_by.upstream_hosts_seen()))
     .with_health(Arc::new(move || health_of.upstream_health()));
+    let scrubbed_by = Arc::clone(&registry);
+    let stats = stats.with_scrub(Arc::new(move || scrubbed_by.scrub_totals()));
     // Written once before "listening": the file is there when the server is.
     stats
         .write()
@@ -107,19 +112,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let app = crate::api::router(registry, counters, gate, on_main);
     match certificate {
-        None => serve(PlainListener(listener), app).await?,
+        None => serve(PlainListener::new(listener), app, config.connections).await,
         Some(certificate) => {
             let watcher = tokio::spawn(Arc::clone(&certificate).watch());
             let listener = TlsListener::new(listener, certificate.server_config())?;
-            let served = serve(listener, app).await;
+            serve(listener, app, config.connections).await;
             watcher.abort();
-            served?;
         }
     }
     stats_task.abort();
     history_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
+    }
+    if let Some(scrub) = scrub {
+        scrub.abort();
     }
     if let Some(watch) = users_watch {
         watch.abort();
@@ -156,24 +163,12 @@ async fn serve_metrics(
 }
 
 /// Serves `app` on `listener` until SIGINT or SIGTERM, then lets open
-/// responses finish for up to [`SHUTDOWN_GRACE`].
-async fn serve<L>(listener: L, app: axum::Router) -> anyhow::Result<()>
+/// responses finish for up to `server.shutdown_timeout`.
+async fn serve<L>(listener: L, app: axum::Router, limits: crate::config::ConnectionLimits)
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-    for<'a> ClientAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    // The client address reaches the auth layer (failed attempts per address).
-    let app = app.into_make_service_with_connect_info::<ClientAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-    // Graceful shutdown waits for open responses; a stalled 1 GiB download must
-    // not keep the process alive forever.
-    tokio::select! {
-        result = server => result.context("serving")?,
-        () = async { shutdown_signal().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::warn!("connections still open after the grace period; exiting");
-        }
-    }
-    Ok(())
+    crate::connections::serve(listener, app, limits, shutdown_signal()).await;
 }
 
 async fn shutdown_signal() {

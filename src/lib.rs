@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod counters;
 pub mod evict;
 #[doc(hidden)]

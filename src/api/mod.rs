@@ -12,6 +12,7 @@ pub(crate) mod endpoint;
 mod error;
 mod handlers;
 mod health;
+mod limits;
 mod negotiate;
 pub(crate) mod range;
 mod status;
@@ -31,6 +32,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub use endpoint::Endpoint;
 pub use error::ApiError;
 pub use health::{HEALTHZ, READYZ};
+pub use limits::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_URI_BYTES, over_capacity};
 pub use status::{METRICS, STATUS_PATHS};
 
 use crate::counters::Counters;
@@ -75,11 +77,12 @@ pub fn router(
         ))
         .merge(probes)
         .merge(pages)
+        .layer(axum::middleware::from_fn(limits::check))
 }
 
 /// `/metrics` and the status page alone, for `server.metrics_listen`.
 pub fn observability_router(observed: Observed) -> Router {
-    status::routes(observed)
+    status::routes(observed).layer(axum::middleware::from_fn(limits::check))
 }
 
 /// `GET /v2/`: the API version check. Anonymous: no auth challenge, ever.

@@ -28,11 +28,15 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     /// `[server.auth]`: who may pull; everyone if None.
     pub auth: Option<ServerAuth>,
+    /// `[server]`'s connection limits and timeouts.
+    pub connections: ConnectionLimits,
     pub data_dir: PathBuf,
     /// At least one; exactly one has `default == true`.
     pub upstreams: Vec<UpstreamConfig>,
     /// The disk budget (`storage.max_size`, watermarks, pins).
     pub eviction: EvictionConfig,
+    /// The background re-hash of cached files (`storage.scrub_*`).
+    pub scrub: ScrubConfig,
     /// `[scan]`: what `regcache scan` reports.
     pub scan: ScanConfig,
 }
@@ -43,6 +47,36 @@ pub struct ScanConfig {
     /// `(frozen host, replacement host)` pairs.
     pub frozen: Vec<(String, String)>,
 }
+
+/// How the API's connections are bounded (`[server]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request's header block must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub keepalive_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// A connection is closed after this many requests.
+    pub max_requests_per_connection: u64,
+    /// How long open connections may finish after a shutdown signal.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_requests_per_connection: 10_000,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// `server.shutdown_timeout` when absent.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[server.tls]`: regcache's own certificate (PEM chain, leaf first) and key,
 /// re-read on SIGHUP and when either file changes.
@@ -73,6 +107,24 @@ pub struct EvictionConfig {
     pub interval: Duration,
     /// Content never evicted.
     pub pins: crate::evict::Pins,
+}
+
+/// `storage.scrub_interval` and `storage.scrub_rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubConfig {
+    /// Time between passes; `None` (`"off"`) disables the scrub.
+    pub interval: Option<Duration>,
+    /// Bytes per second a pass reads at most.
+    pub rate: u64,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        Self {
+            interval: Some(Duration::from_secs(24 * 3600)),
+            rate: 20 * 1024 * 1024,
+        }
+    }
 }
 
 /// `storage.max_size` when absent (see config.toml).
@@ -126,6 +178,21 @@ pub struct Egress {
     /// A client certificate for upstreams that require mutual TLS.
     pub client_identity: Option<ClientIdentity>,
     pub proxy: ProxySettings,
+    /// Where redirects may lead (`allow_private_redirects`, `redirect_hosts`).
+    pub redirects: RedirectRules,
+}
+
+/// An upstream's redirect rules beyond the fixed ones (http/https only, no
+/// downgrade, no userinfo, a hop limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedirectRules {
+    /// `allow_private_redirects`: follow redirects to loopback, link-local and
+    /// private addresses although the upstream is not on loopback.
+    pub allow_private: bool,
+    /// `redirect_hosts`: when not empty, the only hosts (besides the
+    /// upstream's own) redirects may go to: `host`, `*.domain`, with an
+    /// optional `:port`.
+    pub hosts: Vec<String>,
 }
 
 /// `client_cert_file` (PEM chain, leaf first) and `client_key_file` (PEM key).

@@ -33,6 +33,20 @@ fn server_and_storage(lines: &mut Lines, config: &Config, loaded: &Loaded) {
     if let Some(addr) = config.metrics_listen {
         lines.value(loaded, "server.metrics_listen", string(addr.to_string()));
     }
+    let limits = &config.connections;
+    let count = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    for (key, value) in [
+        ("header_read_timeout", duration(limits.header_read_timeout)),
+        ("keepalive_timeout", duration(limits.keepalive_timeout)),
+        ("max_connections", count(limits.max_connections as u64)),
+        (
+            "max_requests_per_connection",
+            count(limits.max_requests_per_connection),
+        ),
+        ("shutdown_timeout", duration(limits.shutdown_timeout)),
+    ] {
+        lines.value(loaded, &format!("server.{key}"), value);
+    }
     if let Some(tls) = &config.tls {
         lines.header("[server.tls]");
         lines.value(loaded, "server.tls.cert_file", path(&tls.cert_file));
@@ -70,6 +84,10 @@ fn server_and_storage(lines: &mut Lines, config: &Config, loaded: &Loaded) {
     lines.value(loaded, "storage.evict_interval", duration(*interval));
     let pins = pins.iter().map(|p| string(p.to_string())).collect();
     lines.value(loaded, "storage.pins", Value::Array(pins));
+    let scrub = &config.scrub;
+    let every = scrub.interval.map_or(string("off".into()), duration);
+    lines.value(loaded, "storage.scrub_interval", every);
+    lines.value(loaded, "storage.scrub_rate", string(size(scrub.rate)));
 }
 
 fn upstream(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loaded) {
@@ -163,6 +181,13 @@ fn egress(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loade
         }
         ProxySource::Environment => {}
     }
+    let redirects = &egress.redirects;
+    value(
+        "allow_private_redirects",
+        Value::Boolean(redirects.allow_private),
+    );
+    let hosts = redirects.hosts.iter().cloned().map(string).collect();
+    value("redirect_hosts", Value::Array(hosts));
     let no_proxy = proxies.no_proxy.iter().cloned().map(string).collect();
     if proxies.source != ProxySource::Environment {
         value("no_proxy", Value::Array(no_proxy));

@@ -5,7 +5,9 @@
 
 use super::*;
 
+mod connections;
 mod egress;
+mod scrub;
 mod values;
 
 /// Walks the TOML tree, collecting every error instead of stopping at the first.
@@ -63,11 +65,13 @@ impl Walker {
         });
         let tls = self.server_tls(&mut server);
         let auth = self.server_auth(&mut server);
+        let connections = self.connection_limits(&mut server);
         self.reject_unknown(&server, "server");
         let data_dir = self
             .optional_string(&mut storage, "storage", "data_dir")
             .map(PathBuf::from);
         let (budget, raw_pins) = self.budget(&mut storage, overrides);
+        let scrub = self.scrub(&mut storage);
         self.reject_unknown(&storage, "storage");
         let frozen = self.frozen(&mut scan);
         self.reject_unknown(&scan, "scan");
@@ -104,9 +108,11 @@ impl Walker {
             metrics_listen: metrics_listen.flatten(),
             tls,
             auth,
+            connections: connections?,
             data_dir: data_dir?,
             upstreams,
             eviction: eviction?,
+            scrub: scrub?,
             scan: ScanConfig { frozen },
         })
     }

@@ -109,7 +109,7 @@ impl Evictor {
     }
 
     /// Reserves `bytes` for a fill about to write them, evicting first if they
-    /// would not fit under `max_size`.
+    /// would not fit under `max_size` or in the file system's free space.
     pub async fn reserve(self: &Arc<Self>, bytes: u64) -> Admission {
         if bytes > self.budget.max_size() {
             return Admission::TooLarge;
@@ -120,13 +120,49 @@ impl Evictor {
         if let Err(e) = self.pass(self.budget.max_size(), bytes).await {
             tracing::warn!(error = %e, "eviction failed");
         }
+        if let Some(r) = self.try_reserve(bytes) {
+            return Admission::Reserved(r);
+        }
+        self.free_disk_for(bytes).await;
         match self.try_reserve(bytes) {
             Some(r) => Admission::Reserved(r),
             None => Admission::NoRoom,
         }
     }
 
+    /// Bytes the file system is short of for `bytes` more beyond the fills
+    /// already reserved (which may not have written theirs yet).
+    fn disk_shortfall(&self, bytes: u64, reserved: u64) -> u64 {
+        match super::disk::space(self.store.blobs_dir()) {
+            Some(space) => (bytes + reserved).saturating_sub(space.available),
+            None => 0,
+        }
+    }
+
+    /// Evicts least recently used content until the file system has room for
+    /// `bytes` (the budget alone would have allowed them).
+    async fn free_disk_for(&self, bytes: u64) {
+        let (committed, reserved) = lock(&self.usage).totals();
+        let short = self.disk_shortfall(bytes, reserved);
+        if short == 0 {
+            return;
+        }
+        tracing::warn!(
+            bytes,
+            short,
+            "the file system is fuller than the cache budget assumes; evicting to make room"
+        );
+        if let Err(e) = self.collect_to(committed.saturating_sub(short)).await {
+            tracing::warn!(error = %e, "eviction failed");
+        }
+    }
+
     fn try_reserve(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
+        let reserved = lock(&self.usage).totals().1;
+        // Asked outside the lock: a statvfs is a system call.
+        if self.disk_shortfall(bytes, reserved) > 0 {
+            return None;
+        }
         let mut usage = lock(&self.usage);
         if usage.committed + usage.reserved + bytes > self.budget.max_size() {
             return None;

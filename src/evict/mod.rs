@@ -28,6 +28,7 @@
 mod access;
 mod accounting;
 mod budget;
+mod disk;
 mod history;
 mod pass;
 mod pins;
@@ -154,10 +155,28 @@ impl Evictor {
             pinned,
             "cache budget"
         );
+        self.warn_if_larger_than_disk();
         if committed > self.budget.high() {
             self.pass(self.budget.high(), 0).await?;
         }
         Ok(())
+    }
+
+    /// A `max_size` the file system cannot hold is only ever reached by
+    /// ENOSPC: say so at start (fills are still admitted by the free space).
+    fn warn_if_larger_than_disk(&self) {
+        let Some(space) = disk::space(self.store.blobs_dir()) else {
+            return;
+        };
+        if self.budget.max_size() > space.total {
+            tracing::warn!(
+                max_size = self.budget.max_size(),
+                filesystem = space.total,
+                available = space.available,
+                "storage.max_size is larger than the file system holding the data directory; \
+                 fills are admitted by its free space"
+            );
+        }
     }
 
     /// Records a hit of `digest` in memory (written to the index in batches).

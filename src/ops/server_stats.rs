@@ -39,6 +39,9 @@ pub struct ServerStats {
     /// Absent in files of older servers.
     #[serde(default)]
     pub upstream_health: BTreeMap<String, HealthReport>,
+    /// What the scrub has re-hashed and removed; absent in older files.
+    #[serde(default)]
+    pub scrub: Option<ScrubTotals>,
 }
 
 /// A disk budget as numbers: `max_size` and its watermarks, as fractions and
@@ -64,6 +67,11 @@ impl From<Budget> for BudgetInfo {
     }
 }
 
+pub use crate::registry::ScrubTotals;
+
+/// Where the scrub's totals come from (the registry).
+pub type ScrubSource = Arc<dyn Fn() -> ScrubTotals + Send + Sync>;
+
 /// Where the hosts each upstream reached come from (the registry).
 pub type HostsSource = Arc<dyn Fn() -> BTreeMap<String, Vec<String>> + Send + Sync>;
 
@@ -81,6 +89,7 @@ pub struct StatsWriter {
     counters: Arc<Counters>,
     hosts: Option<HostsSource>,
     health: Option<HealthSource>,
+    scrub: Option<ScrubSource>,
 }
 
 impl std::fmt::Debug for StatsWriter {
@@ -104,7 +113,14 @@ impl StatsWriter {
             counters,
             hosts: None,
             health: None,
+            scrub: None,
         }
+    }
+
+    /// Also writes the scrub's totals, read from `scrub`.
+    pub fn with_scrub(mut self, scrub: ScrubSource) -> Self {
+        self.scrub = Some(scrub);
+        self
     }
 
     /// Also writes the hosts each upstream reached, read from `hosts`.
@@ -122,7 +138,8 @@ impl StatsWriter {
     fn snapshot(&self) -> Snapshot {
         let hosts = self.hosts.as_ref().map(|h| h()).unwrap_or_default();
         let health = self.health.as_ref().map(|h| h()).unwrap_or_default();
-        (self.counters.snapshot(), hosts, health)
+        let scrub = self.scrub.as_ref().map(|s| s());
+        (self.counters.snapshot(), hosts, health, scrub)
     }
 
     /// Writes the file now (temp file, then rename over the old one).
@@ -131,7 +148,7 @@ impl StatsWriter {
     }
 
     async fn write_snapshot(&self, snapshot: Snapshot) -> std::io::Result<()> {
-        let (outcomes, upstream_hosts, upstream_health) = snapshot;
+        let (outcomes, upstream_hosts, upstream_health, scrub) = snapshot;
         let stats = ServerStats {
             pid: self.pid,
             started_at: self.started_at,
@@ -140,6 +157,7 @@ impl StatsWriter {
             upstream_hosts,
             budget: Some(self.budget),
             upstream_health,
+            scrub,
         };
         let json = serde_json::to_vec_pretty(&stats).map_err(std::io::Error::other)?;
         tokio::fs::write(&self.temp, json).await?;
@@ -169,11 +187,13 @@ impl StatsWriter {
     }
 }
 
-/// What changes in the file: the counters, the hosts seen, the circuits.
+/// What changes in the file: the counters, the hosts seen, the circuits,
+/// the scrub's totals.
 type Snapshot = (
     BTreeMap<String, OutcomeCount>,
     BTreeMap<String, Vec<String>>,
     BTreeMap<String, HealthReport>,
+    Option<ScrubTotals>,
 );
 
 /// What `stats` knows about the server on a data directory.

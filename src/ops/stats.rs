@@ -72,6 +72,8 @@ pub struct ServerInfo {
     pub upstream_hosts: BTreeMap<String, Vec<String>>,
     /// Per upstream, its circuit when the server last wrote its statistics.
     pub upstream_health: BTreeMap<String, crate::upstream::HealthReport>,
+    /// What the scrub re-hashed and removed since the server started.
+    pub scrub: Option<server_stats::ScrubTotals>,
 }
 
 /// Bytes of committed content the configured and the runtime pins cover.
@@ -108,6 +110,7 @@ pub async fn gather(config: &Config) -> anyhow::Result<Stats> {
         outcomes: s.outcomes,
         upstream_hosts: s.upstream_hosts,
         upstream_health: s.upstream_health,
+        scrub: s.scrub,
     });
     Ok(Stats {
         usage_bytes: summary.content_bytes,
@@ -211,6 +214,16 @@ fn write_text(s: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
             hosts.join(" ")
         };
         writeln!(out, "  {upstream}: {hosts}")?;
+    }
+    if let Some(scrub) = &server.scrub {
+        writeln!(
+            out,
+            "\nscrub since its start: {} passes, {} files ({}) re-hashed, {} corrupt removed",
+            scrub.passes,
+            scrub.files,
+            human_size(scrub.bytes),
+            scrub.removed
+        )?;
     }
     write_health(server, out)
 }

@@ -354,6 +354,38 @@ impl Local {
         Ok(())
     }
 
+    /// Every committed piece of content, for the scrub.
+    pub(super) async fn content_rows(&self) -> Result<Vec<ContentRow>, Error> {
+        Ok(self.index.all_content().await?)
+    }
+
+    /// What the committed file of `digest` hashes to now (`None`: no file),
+    /// read at most `bytes_per_second` fast.
+    pub(super) async fn rehash_paced(
+        &self,
+        digest: &Digest,
+        bytes_per_second: u64,
+    ) -> Result<Option<crate::store::Rehash>, Error> {
+        let (store, digest) = (self.store.clone(), digest.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let mut pace = Pace::new(bytes_per_second);
+            store.rehash_paced_blocking(&digest, &mut |n| pace.read(n))
+        });
+        let rehash = task
+            .await
+            .map_err(|_| std::io::Error::other("the re-hash task panicked"))??;
+        Ok(rehash)
+    }
+
+    /// Removes content whose file no longer matches its digest: row, memory,
+    /// then file (the order of every removal), so nothing serves it again and
+    /// the next request fetches it anew.
+    pub(super) async fn remove_corrupt(&self, digest: &Digest) -> Result<(), Error> {
+        self.forget(digest).await?;
+        self.store.remove(digest).await?;
+        Ok(())
+    }
+
     /// A temp file for the bytes of `digest`, hashed as they are written.
     pub(super) async fn writer(&self, digest: Digest) -> Result<BlobWriter, Error> {
         Ok(self.store.writer(digest).await?)
@@ -410,7 +442,17 @@ impl Local {
                 reservation,
                 write,
             )
-            .await?;
+            .await;
+        let published = match published {
+            Ok(published) => published,
+            // A full disk (or a failing one) must not turn a verified
+            // manifest into a 500: it is served, only not cached.
+            Err(e @ (Error::Store(_) | Error::Index(_))) => {
+                tracing::warn!(upstream = upstream.name, %repo, digest = %manifest.digest, error = %e, "cannot cache a manifest; serving it without caching");
+                return Ok(Arc::new(manifest));
+            }
+            Err(e) => return Err(e),
+        };
         let manifest = Arc::new(manifest);
         if let Published::Unindexed { .. } = published {
             // Verified bytes, served; neither memory nor a tag may name
@@ -419,8 +461,13 @@ impl Local {
         }
         self.cache.set_manifest(Arc::clone(&manifest)).await;
         if let Some(tag) = tag {
-            self.set_tag(upstream, repo, tag, &manifest.digest, SystemTime::now())
-                .await?;
+            let set = self
+                .set_tag(upstream, repo, tag, &manifest.digest, SystemTime::now())
+                .await;
+            if let Err(e) = set {
+                // The manifest is committed; the tag is resolved upstream again next time.
+                tracing::warn!(upstream = upstream.name, %repo, %tag, error = %e, "cannot record a tag; serving its manifest anyway");
+            }
         }
         Ok(manifest)
     }
@@ -462,5 +509,30 @@ impl Local {
         drop(commit_guard);
         self.cache.set_linked(upstream.id, repo, digest).await;
         Ok(Published::Indexed { size })
+    }
+}
+
+/// Sleeps a blocking reader so that it reads at most `rate` bytes per second.
+struct Pace {
+    rate: u64,
+    started: std::time::Instant,
+    read: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate: rate.max(1),
+            started: std::time::Instant::now(),
+            read: 0,
+        }
+    }
+
+    fn read(&mut self, n: u64) {
+        self.read += n;
+        let due = std::time::Duration::from_secs_f64(self.read as f64 / self.rate as f64);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
     }
 }

@@ -22,6 +22,7 @@ mod passthrough;
 mod referrers;
 mod revalidate;
 mod routes;
+mod scrub;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub use fill::{FillProgress, FillStats};
 pub use outcome::Outcome;
 pub use referrers::Referrers;
 pub use routes::{Route, Routed};
+pub use scrub::ScrubTotals;
 
 use crate::config::Config;
 use crate::evict::Evictor;
@@ -52,6 +54,7 @@ pub struct Registry {
     manifest_flights: manifests::Flights,
     revalidations: revalidate::Revalidations,
     referrers: referrers::Answers,
+    scrub: scrub::ScrubCounters,
 }
 
 impl Registry {
@@ -75,6 +78,7 @@ impl Registry {
             manifest_flights: manifests::Flights::default(),
             revalidations: revalidate::Revalidations::default(),
             referrers: referrers::Answers::default(),
+            scrub: scrub::ScrubCounters::default(),
         })
     }
 

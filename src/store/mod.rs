@@ -91,6 +91,16 @@ impl Store {
     /// streaming (constant memory). `None` if there is no such file. Blocking: call
     /// it from `spawn_blocking`.
     pub fn rehash_blocking(&self, digest: &Digest) -> Result<Option<Rehash>, Error> {
+        self.rehash_paced_blocking(digest, &mut |_| {})
+    }
+
+    /// [`Store::rehash_blocking`], calling `pace` with the size of each chunk
+    /// read (the scrub sleeps there to keep to its rate).
+    pub fn rehash_paced_blocking(
+        &self,
+        digest: &Digest,
+        pace: &mut dyn FnMut(u64),
+    ) -> Result<Option<Rehash>, Error> {
         let path = self.blob_path(digest);
         let mut file = match fs::File::open(&path) {
             Ok(file) => file,
@@ -109,11 +119,18 @@ impl Store {
             };
             hasher.update(&buf[..n]);
             size += n as u64;
+            pace(n as u64);
         }
         Ok(Some(Rehash {
             actual: hasher.finish(),
             size,
         }))
+    }
+
+    /// The directory committed content lives under (for its file system's
+    /// free space).
+    pub fn blobs_dir(&self) -> &Path {
+        &self.blobs
     }
 
     /// Where committed content with this digest lives (whether or not it exists).

@@ -11,6 +11,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 
 use rustls::CertificateError;
 use url::Url;
@@ -107,6 +108,48 @@ impl fmt::Display for Cause {
             Cause::Request { detail } => write!(f, "request failed: {detail}"),
         }
     }
+}
+
+/// Why a redirect was not followed: the hop it would have taken breaks the
+/// upstream's redirect policy (`upstream::redirect`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedirectRefusal {
+    /// The `Location` carried `user:password@`, which would become a Basic
+    /// `Authorization` header sent to a host the upstream chose.
+    #[error(
+        "Location {to} carries userinfo (user:password@); credentials are never taken from a redirect"
+    )]
+    Userinfo { to: String },
+    /// From `https` to plain `http`.
+    #[error("redirect from {from} down to plain http ({to})")]
+    Downgrade { from: String, to: String },
+    /// The host is not in the upstream's `redirect_hosts`.
+    #[error("redirect to {host}, which is not in this upstream's redirect_hosts")]
+    NotAllowed { host: String },
+    /// A loopback, link-local or private address, from an upstream that is
+    /// not on loopback itself.
+    #[error(
+        "redirect to {host} ({address}), a loopback, link-local or private address; \
+         set allow_private_redirects = true on the upstream if it is meant"
+    )]
+    PrivateAddress { host: String, address: IpAddr },
+}
+
+/// The redirect policy's refusal inside `error`, if the resolver refused a
+/// name's addresses (`redirect::GuardedResolver`).
+pub(super) fn refused_address(error: &reqwest::Error) -> Option<RedirectRefusal> {
+    chain(error).iter().find_map(
+        |e| match e.downcast_ref::<super::redirect::RefusedAddress>()? {
+            super::redirect::RefusedAddress::Private { host, address } => {
+                Some(RedirectRefusal::PrivateAddress {
+                    host: host.clone(),
+                    address: *address,
+                })
+            }
+            super::redirect::RefusedAddress::Lookup(_) => None,
+        },
+    )
 }
 
 /// The cause of `error`, which happened on a request to `url`.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use super::cause;
-pub use super::cause::Cause;
+pub use super::cause::{Cause, RedirectRefusal};
 use super::health::Refusal;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use url::Url;
@@ -49,6 +49,9 @@ pub enum Error {
     /// certificate or key file that cannot be read or does not match).
     #[error("upstream TLS setup: {0}")]
     Setup(String),
+    /// A redirect broke the upstream's redirect policy and was not followed.
+    #[error("upstream redirect refused: {0}")]
+    RedirectRefused(RedirectRefusal),
     /// The upstream broke the protocol: redirect loop, too many hops, a bad
     /// `Location`, a bad token response, an unexpected status.
     #[error("upstream protocol error: {0}")]

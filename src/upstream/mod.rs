@@ -36,7 +36,7 @@ use reqwest::header::{ACCEPT, ACCEPT_ENCODING, HeaderMap, HeaderValue, RANGE, WW
 use reqwest::{Method, StatusCode};
 use url::{Origin, Url};
 
-pub use error::{Cause, Error, Transport};
+pub use error::{Cause, Error, RedirectRefusal, Transport};
 pub use health::{Health, HealthReport, Refusal};
 pub use probe::{HopRecord, PROBE_TIMEOUT};
 pub use response::{ContentRange, Response};
@@ -48,7 +48,7 @@ use crate::config::{ProxySettings, UpstreamConfig};
 use crate::oci::{Digest, Reference, RepoName, media_type};
 use auth::{Authorization, Authorizer};
 use error::without_query;
-use redirect::Chain;
+use redirect::{Chain, GuardedResolver, Policy};
 
 const USER_AGENT: &str = concat!("regcache/", env!("CARGO_PKG_VERSION"));
 /// Idle pooled connections are closed after this long.
@@ -78,6 +78,8 @@ struct Inner {
     /// The proxies `client` uses, to name one that refuses a tunnel.
     proxies: ProxySettings,
     connect_timeout: Duration,
+    /// Which redirect targets may be followed.
+    redirects: Policy,
     auth: Authorizer,
     manifest_accept: HeaderValue,
     /// Every hop, for `regcache doctor` only ([`Upstream::traced`]).
@@ -150,14 +152,20 @@ impl Upstream {
         }
         log_egress(config);
         let trace = traced.then(probe::Trace::default);
+        let redirects = Policy::new(&config.url, &config.egress.redirects);
         let inner = Inner {
             name: config.name.clone(),
             base: config.url.clone(),
             api_root,
             repo_prefix,
-            client: build_client(config, trace.as_ref().map(|t| Arc::clone(&t.issuers)))?,
+            client: build_client(
+                config,
+                &redirects,
+                trace.as_ref().map(|t| Arc::clone(&t.issuers)),
+            )?,
             proxies: config.egress.proxy.clone(),
             connect_timeout: config.connect_timeout,
+            redirects,
             auth: Authorizer::new(config),
             manifest_accept: HeaderValue::from_str(&media_type::ALL_MANIFESTS.join(", "))
                 .map_err(|_| Error::Protocol("manifest media types are not a header".into()))?,
@@ -336,7 +344,7 @@ impl Upstream {
 
     /// Sends `call` and follows redirects to the first non-redirect answer.
     async fn follow(&self, call: &Call<'_>, state: &mut RequestAuth) -> Result<Hop, Error> {
-        let mut chain = Chain::new(call.url.clone());
+        let mut chain = Chain::new(call.url.clone(), &self.inner.redirects);
         loop {
             let url = chain.current();
             let authorization = if chain.may_authorize() {
@@ -442,6 +450,9 @@ impl Upstream {
 
     /// A failed hop's error; when a proxy refused the tunnel, with its answer.
     async fn transport_error(&self, e: reqwest::Error, url: &Url) -> Error {
+        if let Some(refusal) = cause::refused_address(&e) {
+            return Error::RedirectRefused(refusal);
+        }
         let transport = Transport::new(e, url);
         let proxy = self.inner.proxies.for_scheme(url.scheme());
         let (Cause::ProxyRefused { .. }, Some(proxy)) = (transport.cause(), proxy) else {
@@ -509,6 +520,7 @@ fn finish(hop: Hop) -> Result<Response, Error> {
 
 fn build_client(
     config: &UpstreamConfig,
+    redirects: &Policy,
     issuers: Option<Arc<tls::Issuers>>,
 ) -> Result<reqwest::Client, Error> {
     let mut headers = HeaderMap::new();
@@ -525,9 +537,27 @@ fn build_client(
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .user_agent(USER_AGENT)
         .default_headers(headers);
+    let builder = if redirects.guards_private() {
+        builder.dns_resolver(Arc::new(GuardedResolver::new(own_hosts(config))))
+    } else {
+        builder
+    };
     proxy::install(builder, &config.egress.proxy)?
         .build()
         .map_err(|e| Error::Protocol(format!("cannot build the HTTP client: {e}")))
+}
+
+/// The hosts the operator named (the upstream and its proxies), which may
+/// resolve to private addresses; every other name is a redirect target or a
+/// token service the upstream chose.
+fn own_hosts(config: &UpstreamConfig) -> Vec<String> {
+    let proxies = &config.egress.proxy;
+    [Some(&config.url)]
+        .into_iter()
+        .chain([&proxies.https, &proxies.http].map(|p| p.as_ref().map(|p| &p.url)))
+        .flatten()
+        .filter_map(|url| url.host_str().map(str::to_owned))
+        .collect()
 }
 
 /// One line per upstream at start: how it is reached (never a credential:

@@ -12,8 +12,12 @@ mod beside;
 mod client_auth;
 /// Configuration layers through the binary: flags over a partial file, REGCACHE_* variables, `config show` and `config check`.
 mod config_cli;
+/// Connection hygiene with raw sockets: idle and busy connections past max_connections, half-sent requests, request limits, bounded shutdown, 414/431 bodies.
+mod connections;
 /// The Kubernetes manifests in deploy/kubernetes/ against the config loader, the Dockerfile and the running binary; `config show` of each ConfigMap.
 mod deploy;
+/// Disk reality on a small tmpfs (root only): max_size past the disk warned, blobs past the free space passed through, the rest cached.
+mod disk;
 /// Docker Engine (dockerd) pulling Docker Hub names through regcache as its registry mirror, from docker-registry and the k8s-like fake.
 mod docker_engine;
 /// `regcache doctor`: the TLS chain through tinyproxy, hops and allowlist; a blocked storage host named.
@@ -40,6 +44,8 @@ mod pins;
 mod prefetch;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
+/// Redirect policy: loopback to loopback allowed, redirect_hosts, userinfo in a Location refused.
+mod redirects;
 /// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale), docker-registry's fallback tag or an empty index, cached manifests naming the subject.
 mod referrers;
 /// Fills resumed with a Range request after a cut upstream body; permanent cuts.
@@ -52,6 +58,8 @@ mod routing_interop;
 mod scaleout;
 /// `regcache scan` over the fixture tree: references with lines, --list, --json, exit status, --fix diffs.
 mod scan;
+/// The background scrub: a flipped byte in a cached blob is removed without an operator and fetched again.
+mod scrub;
 /// TLS on regcache's listener: h2/h1.1, a mismatched key refused, reloads without dropping connections, skopeo/podman/containerd over TLS.
 mod serving_tls;
 /// Every error answer against the distribution spec's error-code table (status, code, body; HEAD without a body).

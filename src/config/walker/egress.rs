@@ -4,6 +4,8 @@
 //! `proxy_password_file`, `no_proxy`). An upstream's own key wins over the
 //! default; the proxy and its credentials go together. Without `proxy` anywhere,
 //! the standard `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` variables apply.
+//! The redirect rules (`allow_private_redirects`, `redirect_hosts`) merge the
+//! same way.
 //!
 //! It never reads the CA or key files (the upstream client does, at start) and
 //! never puts a proxy password in a URL that could be logged.
@@ -24,6 +26,8 @@ pub(in crate::config) struct EgressKeys {
     client_key_file: Option<PathBuf>,
     proxy: Option<ProxyChoice>,
     no_proxy: Option<Vec<String>>,
+    allow_private_redirects: Option<bool>,
+    redirect_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +55,10 @@ impl Walker {
         let no_proxy = t
             .contains_key("no_proxy")
             .then(|| self.optional_strings(t, path, "no_proxy"));
+        let allow_private_redirects = self.optional_bool(t, path, "allow_private_redirects");
+        let redirect_hosts = t
+            .contains_key("redirect_hosts")
+            .then(|| self.redirect_hosts(t, path));
         let proxy = match proxy_text.as_deref() {
             None => {
                 if matches!(credentials, Ok(Some(_))) {
@@ -74,7 +82,34 @@ impl Walker {
             client_key_file,
             proxy,
             no_proxy,
+            allow_private_redirects,
+            redirect_hosts,
         }
+    }
+
+    /// `redirect_hosts`: `host`, `*.domain`, each with an optional `:port`.
+    fn redirect_hosts(&mut self, t: &mut Table, path: &str) -> Vec<String> {
+        let hosts = self.optional_strings(t, path, "redirect_hosts");
+        for (i, host) in hosts.iter().enumerate() {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let name = match name.rsplit_once(':') {
+                Some((name, port)) if port.parse::<u16>().is_ok() => name,
+                _ => name,
+            };
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+            if !ok {
+                self.error(
+                    &format!("{}[{i}]", Self::key(path, "redirect_hosts")),
+                    format!(
+                        "{host:?} is not a host pattern (host, *.domain, with an optional :port)"
+                    ),
+                );
+            }
+        }
+        hosts
     }
 
     /// An upstream's egress: its own keys over the defaults, then the
@@ -121,10 +156,21 @@ impl Walker {
             },
             None => self.proxy_from_env(secrets, no_proxy),
         };
+        let redirects = RedirectRules {
+            allow_private: own
+                .allow_private_redirects
+                .or(defaults.allow_private_redirects)
+                .unwrap_or(false),
+            hosts: own
+                .redirect_hosts
+                .or_else(|| defaults.redirect_hosts.clone())
+                .unwrap_or_default(),
+        };
         Egress {
             ca_file,
             client_identity,
             proxy,
+            redirects,
         }
     }
 

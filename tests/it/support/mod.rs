@@ -33,14 +33,20 @@ pub mod nginx;
 pub mod process;
 /// `/metrics` parsed by a Prometheus text-format parser; samples by name and labels.
 pub mod prometheus;
+/// A front on a chosen loopback address that 307s every request to one target.
+pub mod redirector;
 /// The real regcache binary on a loopback port.
 pub mod regcache;
 /// Images seeded into the fake as plain data, and the pull every test makes of them.
 pub mod seed;
+/// Raw TCP clients: idle connections, half-sent requests, keep-alive requests, closed-by-server checks.
+pub mod sockets;
 /// Debian's tinyproxy as a forward proxy with a default-deny CONNECT filter.
 pub mod tinyproxy;
 /// Test-time certificates (rcgen): a CA per test, 127.0.0.x leaves, rustls server configs.
 pub mod tls;
+/// A small tmpfs mounted for a test (root only; skipped otherwise), unmounted on drop.
+pub mod tmpfs;
 /// One upstream of either kind (docker-registry or the k8s-like fake): seed, count blob fetches, stop.
 pub mod upstream;
 
