@@ -6,12 +6,16 @@
 //! and a herd of 50 clients pulling the same cold 1 GiB blob through regcache.
 //! Rounds interleave the peers so machine noise hits all of them alike; it
 //! prints medians, regcache/peer ratios and a table of targets, as markdown.
+//! With `--tls`, regcache and nginx are also measured warm over HTTPS
+//! (`regcache-tls`, `nginx-tls`; a CA made for the run) beside their plain
+//! HTTP selves, and a table sets each over TLS against itself over plain.
 //!
 //! ```sh
 //! cargo bench --bench peers                       # defaults: 5 warm rounds of 3 s, 3 cold rounds, 200 MiB/s WAN
 //! cargo bench --bench peers -- --rounds 3 --duration 2 --wan-mibps 0 --herd 10
 //! cargo bench --bench peers -- --help
 //! cargo bench --bench peers -- --baseline /tmp/regcache-before   # a second regcache build as a peer
+//! cargo bench --bench peers -- --tls --warm-only --warm-peers nginx,regcache   # TLS versus plain
 //! ```
 //!
 //! Every server it starts listens on 127.0.0.1 and every mirror's upstream is
@@ -32,6 +36,8 @@ mod pull;
 mod relay;
 #[path = "peers/report.rs"]
 mod report;
+#[path = "peers/tls.rs"]
+mod tls;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -42,6 +48,7 @@ use image::{ACCEPT, Seeded};
 use procs::{Proc, Restartable};
 use relay::Relay;
 use report::{Samples, Target, fmt, fmt_ratio};
+use tls::BenchCert;
 
 /// Command-line options (after `cargo bench --bench peers --`).
 #[derive(Debug, Parser)]
@@ -82,6 +89,17 @@ struct Args {
     /// the build under test: before/after figures from one run.
     #[arg(long, value_name = "BIN")]
     baseline: Option<std::path::PathBuf>,
+    /// Also measure regcache and nginx warm over HTTPS (`regcache-tls`,
+    /// `nginx-tls`), each beside its plain HTTP self.
+    #[arg(long)]
+    tls: bool,
+    /// Only these warm peers (comma-separated, from plain, proxy, nginx,
+    /// baseline, regcache); with `--tls`, their TLS twins come along.
+    #[arg(long, value_delimiter = ',', value_name = "PEERS")]
+    warm_peers: Vec<String>,
+    /// Stop after the warm phase (no cold pulls, no herd).
+    #[arg(long)]
+    warm_only: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -93,14 +111,30 @@ const M_HEAD: &str = "manifest HEAD req/s";
 const SMALL: &str = "4 KiB blob GET req/s";
 const MEDIUM: &str = "6 MiB blob GET GB/s";
 
-/// The warm peers measured: the four, and `baseline` when given.
+/// The warm peers measured: the four, `baseline` when given, the TLS twins
+/// of nginx and regcache with `--tls`; only those named in `--warm-peers`
+/// (and their twins) when it is given.
 fn warm_peers(args: &Args) -> Vec<&'static str> {
     let mut peers = WARM_PEERS.to_vec();
     if args.baseline.is_some() {
         peers.insert(3, "baseline");
     }
+    if !args.warm_peers.is_empty() {
+        peers.retain(|p| args.warm_peers.iter().any(|w| w == p));
+    }
+    if args.tls {
+        let twins: Vec<&'static str> = TLS_TWINS
+            .iter()
+            .filter(|(plain, _)| peers.contains(plain))
+            .map(|(_, twin)| *twin)
+            .collect();
+        peers.extend(twins);
+    }
     peers
 }
+
+/// Each peer measured over TLS with `--tls`, and its plain HTTP self.
+const TLS_TWINS: [(&str, &str); 2] = [("nginx", "nginx-tls"), ("regcache", "regcache-tls")];
 
 /// Everything the measurements talk to.
 struct Peers {
@@ -109,7 +143,20 @@ struct Peers {
     regcache: Restartable,
     baseline: Option<Restartable>,
     proxy: Restartable,
+    /// With `--tls`, also listening for HTTPS (`nginx-tls`).
     nginx: Restartable,
+    /// regcache serving HTTPS only (`--tls`).
+    regcache_tls: Option<Restartable>,
+    /// The CA of the TLS peers' certificate (`--tls`).
+    cert: Option<BenchCert>,
+}
+
+/// Where a warm peer answers.
+struct Endpoint {
+    /// `http://` or `https://` and the address.
+    url: String,
+    /// The address the raw HEAD generator dials (plain HTTP only).
+    plain_addr: Option<std::net::SocketAddr>,
 }
 
 impl Peers {
@@ -117,11 +164,34 @@ impl Peers {
         match name {
             "plain" => &self.plain,
             "proxy" => self.proxy.running(),
-            "nginx" => self.nginx.running(),
+            "nginx" | "nginx-tls" => self.nginx.running(),
             "regcache" => self.regcache.running(),
+            "regcache-tls" => self.regcache_tls().running(),
             "baseline" => self.baseline().running(),
             _ => unreachable!("peer {name}"),
         }
+    }
+
+    fn endpoint(&self, name: &str) -> Endpoint {
+        let proc = self.warm(name);
+        match name {
+            "nginx-tls" => Endpoint {
+                url: proc.tls_url().expect("nginx started with --tls"),
+                plain_addr: None,
+            },
+            "regcache-tls" => Endpoint {
+                url: proc.url(),
+                plain_addr: None,
+            },
+            _ => Endpoint {
+                url: proc.url(),
+                plain_addr: Some(proc.addr()),
+            },
+        }
+    }
+
+    fn regcache_tls(&self) -> &Restartable {
+        self.regcache_tls.as_ref().expect("--tls was given")
     }
 
     fn baseline(&self) -> &Restartable {
@@ -157,12 +227,30 @@ fn main() {
     let baseline = args
         .baseline
         .clone()
-        .map(|bin| Restartable::regcache(bin, root.path().join("baseline"), relay.addr()));
+        .map(|bin| Restartable::regcache(bin, root.path().join("baseline"), relay.addr(), None));
+    let cert = args
+        .tls
+        .then(|| BenchCert::create(&root.path().join("cert")));
+    let regcache_tls = cert.clone().map(|cert| {
+        Restartable::regcache(
+            under_test.clone(),
+            root.path().join("regcache-tls"),
+            relay.addr(),
+            Some(cert),
+        )
+    });
     let peers = Peers {
-        regcache: Restartable::regcache(under_test, root.path().join("regcache"), relay.addr()),
+        regcache: Restartable::regcache(
+            under_test,
+            root.path().join("regcache"),
+            relay.addr(),
+            None,
+        ),
         baseline,
         proxy: Restartable::proxy(root.path().join("proxy"), relay.addr()),
-        nginx: Restartable::nginx(root.path().join("nginx"), relay.addr()),
+        nginx: Restartable::nginx(root.path().join("nginx"), relay.addr(), cert.clone()),
+        regcache_tls,
+        cert,
         plain,
         relay,
     };
@@ -185,6 +273,23 @@ fn main() {
         &[M_GET, M_HEAD, SMALL, MEDIUM],
         &warm_peers(&args),
     );
+    if args.tls {
+        let pairs: Vec<(&str, &str)> = TLS_TWINS
+            .into_iter()
+            .filter(|(plain, _)| warm_peers(&args).contains(plain))
+            .collect();
+        samples.print_pairs(
+            "Warm over TLS versus plain HTTP (same run)",
+            &[M_GET, SMALL, MEDIUM],
+            &pairs,
+        );
+    }
+    if args.warm_only {
+        println!("\nwhole run: {:.0?}", started.elapsed());
+        drop(peers);
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        return;
+    }
 
     let cold_peers = cold_peer_names(&args);
     runtime.block_on(cold_phase(&args, &mut peers, &seeded, &mut samples));
@@ -232,28 +337,32 @@ async fn warm_phase(
     samples: &mut Samples,
 ) {
     let names = warm_peers(args);
+    let ca = peers.cert.as_ref().map(|c| c.ca_pem.as_str());
     for name in &names {
-        check_peer(&peers.warm(name).url(), seeded).await;
+        check_peer(&peers.endpoint(name).url, ca, seeded).await;
     }
     let duration = Duration::from_secs(args.duration);
     for round in 0..args.rounds {
         eprintln!("peers: warm round {}/{}", round + 1, args.rounds);
         for name in rotated(&names, round) {
-            let proc = peers.warm(name);
-            let base = proc.url();
+            let endpoint = peers.endpoint(name);
+            let base = endpoint.url;
             let manifest = format!("{base}{}", Seeded::manifest_path());
             let load = load::wrk(dir, &manifest, ACCEPT, args.conns, duration);
             record(samples, M_GET, name, load, load.requests_per_s());
-            let load = load::raw(
-                proc.addr(),
-                "HEAD",
-                &Seeded::manifest_path(),
-                ACCEPT,
-                args.conns,
-                duration,
-            )
-            .await;
-            record(samples, M_HEAD, name, load, load.requests_per_s());
+            // The raw HEAD generator speaks plain HTTP only.
+            if let Some(addr) = endpoint.plain_addr {
+                let load = load::raw(
+                    addr,
+                    "HEAD",
+                    &Seeded::manifest_path(),
+                    ACCEPT,
+                    args.conns,
+                    duration,
+                )
+                .await;
+                record(samples, M_HEAD, name, load, load.requests_per_s());
+            }
             let small = format!("{base}{}", Seeded::blob_path(&seeded.small_digest));
             let load = load::wrk(dir, &small, ACCEPT, args.conns, duration);
             record(samples, SMALL, name, load, load.requests_per_s());
@@ -285,8 +394,12 @@ fn rotated<'a>(peers: &[&'a str], round: usize) -> Vec<&'a str> {
 
 /// Fills `base`'s cache with what the warm loads request and checks every
 /// answer: manifest bytes and digest header (GET and HEAD), blob digests.
-async fn check_peer(base: &str, seeded: &Seeded) {
-    let http = pull::client();
+/// An `https://` base must present a certificate of `ca`.
+async fn check_peer(base: &str, ca: Option<&str>, seeded: &Seeded) {
+    let http = match ca {
+        Some(ca) if base.starts_with("https://") => pull::client_trusting(ca),
+        _ => pull::client(),
+    };
     let url = format!("{base}{}", Seeded::manifest_path());
     for _ in 0..2 {
         let get = http

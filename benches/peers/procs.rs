@@ -1,5 +1,7 @@
 //! The processes the bench starts: `docker-registry` (plain and proxy mode),
-//! nginx and regcache. Each lives in a [`Proc`] guard that kills and waits for
+//! nginx and regcache, the last two also over TLS (`--tls`: nginx with a
+//! second, `ssl` listener on the same cache; regcache as a second process
+//! with `[server.tls]`). Each lives in a [`Proc`] guard that kills and waits for
 //! it when dropped, also while a panic unwinds, and then prints the tail of its
 //! output. Everything listens on 127.0.0.1 only.
 
@@ -9,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
+
+use crate::tls::BenchCert;
 
 const DOCKER_REGISTRY: &str = "/usr/bin/docker-registry";
 const NGINX: &str = "/usr/sbin/nginx";
@@ -26,6 +30,10 @@ pub struct Proc {
     /// Stop with SIGTERM first: nginx's workers outlive a SIGKILLed master
     /// (they were found still running, holding deleted 1 GiB cache files).
     term_first: bool,
+    /// `https` when `addr` speaks TLS.
+    scheme: &'static str,
+    /// nginx's `ssl` listener, when it has one.
+    tls_addr: Option<SocketAddr>,
 }
 
 impl Proc {
@@ -46,12 +54,19 @@ impl Proc {
             log,
             addr,
             term_first: false,
+            scheme: "http",
+            tls_addr: None,
         };
         (proc, lines_rx)
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// `https://` of nginx's `ssl` listener.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_addr.map(|addr| format!("https://{addr}"))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -91,7 +106,11 @@ impl Proc {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{} exited with {status}; log:\n{}", self.name, self.log());
             }
-            if v2_answers(self.addr) {
+            let ready = match self.scheme {
+                "https" => accepts(self.addr),
+                _ => v2_answers(self.addr),
+            };
+            if ready && self.tls_addr.is_none_or(accepts) {
                 return;
             }
             assert!(
@@ -176,6 +195,12 @@ fn v2_answers(addr: SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
 }
 
+/// A TLS listener is ready when it accepts (the bench's checks then speak
+/// HTTPS to it through reqwest).
+fn accepts(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
 /// `docker-registry serve` with filesystem storage under `dir`; with `remote`
 /// it runs as a pull-through proxy of that URL.
 pub fn docker_registry(dir: &Path, remote: Option<&str>) -> Proc {
@@ -206,24 +231,52 @@ pub fn docker_registry(dir: &Path, remote: Option<&str>) -> Proc {
     proc
 }
 
-/// nginx as a `proxy_cache` mirror of `upstream`, everything under `dir`.
-pub fn nginx(dir: &Path, upstream: SocketAddr) -> Proc {
+/// nginx as a `proxy_cache` mirror of `upstream`, everything under `dir`;
+/// with `tls`, a second listener speaks HTTPS in front of the same cache.
+pub fn nginx(dir: &Path, upstream: SocketAddr, tls: Option<&BenchCert>) -> Proc {
     let port = free_port();
     for sub in ["cache", "tmp"] {
         std::fs::create_dir_all(dir.join(sub)).expect("nginx dirs");
     }
+    let tls = tls.map(|cert| (free_port(), cert));
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, port, upstream)).expect("write nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, port, upstream, tls)).expect("write nginx.conf");
     let mut cmd = Command::new(NGINX);
     cmd.arg("-p").arg(dir).arg("-c").arg(&conf);
     let (mut proc, _) = Proc::spawn("nginx", cmd, loopback(port));
     proc.term_first = true;
+    proc.tls_addr = tls.map(|(port, _)| loopback(port));
     proc.wait_v2();
     proc
 }
 
-fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr) -> String {
+/// The `ssl` listener's lines: TLS 1.2 and 1.3 as nginx offers them by
+/// default, a session cache as a site would set; no kTLS (Debian's nginx
+/// 1.22 does not turn it on by default), so cached files go through
+/// OpenSSL's buffers instead of sendfile.
+fn nginx_tls_lines(tls: Option<(u16, &BenchCert)>) -> String {
+    let Some((port, cert)) = tls else {
+        return String::new();
+    };
+    format!(
+        "listen 127.0.0.1:{port} ssl;\n        \
+         ssl_certificate {};\n        \
+         ssl_certificate_key {};\n        \
+         ssl_protocols TLSv1.2 TLSv1.3;\n        \
+         ssl_session_cache shared:SSL:10m;",
+        cert.cert_file.display(),
+        cert.key_file.display()
+    )
+}
+
+fn nginx_conf(
+    dir: &Path,
+    port: u16,
+    upstream: SocketAddr,
+    tls: Option<(u16, &BenchCert)>,
+) -> String {
     let d = dir.display();
+    let tls = nginx_tls_lines(tls);
     // As root the workers would switch to `nobody` and could not write the
     // temporary directory this bench gives them.
     let user = if running_as_root() {
@@ -268,6 +321,7 @@ http {{
     proxy_cache_path {d}/cache levels=1:2 keys_zone=reg:10m max_size=40g inactive=1d use_temp_path=off;
     server {{
         listen 127.0.0.1:{port};
+        {tls}
         location / {{
             proxy_pass http://registry;
             proxy_http_version 1.1;
@@ -309,11 +363,22 @@ fn running_as_root() -> bool {
 }
 
 /// A regcache binary (`bin`: the one under test, or a baseline build) with
-/// its data in `data`.
-pub fn regcache(bin: &Path, data: &Path, upstream: &str) -> Proc {
+/// its data in `data`; with `tls`, serving HTTPS only (`[server.tls]` in a
+/// config file beside `data`).
+pub fn regcache(bin: &Path, data: &Path, upstream: &str, tls: Option<&BenchCert>) -> Proc {
     let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--listen")
+    cmd.arg("serve");
+    if let Some(cert) = tls {
+        let config = data.with_extension("toml");
+        let text = format!(
+            "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.cert_file.display(),
+            cert.key_file.display()
+        );
+        std::fs::write(&config, text).expect("write regcache config");
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--data")
         .arg(data)
@@ -325,8 +390,16 @@ pub fn regcache(bin: &Path, data: &Path, upstream: &str) -> Proc {
         // log line per request would cost CPU the other peers do not spend.
         .env("RUST_LOG", "warn,regcache::app=info")
         .env("NO_COLOR", "1");
-    let (mut proc, lines) = Proc::spawn("regcache", cmd, loopback(0));
+    let name = if tls.is_some() {
+        "regcache (TLS)"
+    } else {
+        "regcache"
+    };
+    let (mut proc, lines) = Proc::spawn(name, cmd, loopback(0));
     proc.addr = wait_listening(&mut proc, &lines);
+    if tls.is_some() {
+        proc.scheme = "https";
+    }
     proc.wait_v2();
     proc
 }
@@ -379,6 +452,8 @@ pub struct Restartable {
     dir: PathBuf,
     upstream: String,
     upstream_addr: SocketAddr,
+    /// Also (nginx) or only (regcache) over TLS.
+    tls: Option<BenchCert>,
     pub proc: Option<Proc>,
 }
 
@@ -391,22 +466,28 @@ enum Kind {
 }
 
 impl Restartable {
-    pub fn regcache(bin: PathBuf, dir: PathBuf, upstream: SocketAddr) -> Self {
-        Self::new(Kind::Regcache(bin), dir, upstream)
+    pub fn regcache(
+        bin: PathBuf,
+        dir: PathBuf,
+        upstream: SocketAddr,
+        tls: Option<BenchCert>,
+    ) -> Self {
+        Self::new(Kind::Regcache(bin), dir, upstream, tls)
     }
     pub fn proxy(dir: PathBuf, upstream: SocketAddr) -> Self {
-        Self::new(Kind::Proxy, dir, upstream)
+        Self::new(Kind::Proxy, dir, upstream, None)
     }
-    pub fn nginx(dir: PathBuf, upstream: SocketAddr) -> Self {
-        Self::new(Kind::Nginx, dir, upstream)
+    pub fn nginx(dir: PathBuf, upstream: SocketAddr, tls: Option<BenchCert>) -> Self {
+        Self::new(Kind::Nginx, dir, upstream, tls)
     }
 
-    fn new(kind: Kind, dir: PathBuf, upstream_addr: SocketAddr) -> Self {
+    fn new(kind: Kind, dir: PathBuf, upstream_addr: SocketAddr, tls: Option<BenchCert>) -> Self {
         let mut peer = Restartable {
             kind,
             dir,
             upstream: format!("http://{upstream_addr}"),
             upstream_addr,
+            tls,
             proc: None,
         };
         peer.restart_cold();
@@ -418,9 +499,14 @@ impl Restartable {
         self.proc = None;
         wipe(&self.dir);
         self.proc = Some(match &self.kind {
-            Kind::Regcache(bin) => regcache(bin, &self.dir.join("data"), &self.upstream),
+            Kind::Regcache(bin) => regcache(
+                bin,
+                &self.dir.join("data"),
+                &self.upstream,
+                self.tls.as_ref(),
+            ),
             Kind::Proxy => docker_registry(&self.dir, Some(&self.upstream)),
-            Kind::Nginx => nginx(&self.dir, self.upstream_addr),
+            Kind::Nginx => nginx(&self.dir, self.upstream_addr, self.tls.as_ref()),
         });
     }
 

@@ -25,6 +25,18 @@ pub fn client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// A fresh HTTPS client trusting only the CA in `ca_pem` (HTTP/1.1, as wrk speaks).
+pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("bench CA");
+    reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .tls_certs_only([root])
+        .build()
+        .expect("reqwest client")
+}
+
 /// GETs `url` on a new connection, counting (and with `hash`, hashing) the
 /// body. Panics on a non-200 answer or a length other than `expect_len`.
 pub async fn pull(url: &str, expect_len: u64, hash: bool) -> Pull {

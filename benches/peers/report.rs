@@ -77,6 +77,38 @@ impl Samples {
     }
 }
 
+impl Samples {
+    /// One markdown table setting each `(plain, twin)` pair side by side:
+    /// both medians, twin/plain, and both min–max ranges.
+    pub fn print_pairs(&self, title: &str, measures: &[&str], pairs: &[(&str, &str)]) {
+        println!("\n### {title}\n");
+        let mut header = vec!["measure".to_owned()];
+        for (plain, twin) in pairs {
+            header.push(format!("{plain} (median)"));
+            header.push(format!("{twin} (median)"));
+            header.push(format!("{twin}/{plain}"));
+        }
+        print_row(&header);
+        print_row(&vec!["---".to_owned(); header.len()]);
+        let range = |measure: &str, peer: &str| {
+            self.range(measure, peer)
+                .map_or("–".to_owned(), |(lo, hi)| {
+                    format!("{}–{}", fmt(lo), fmt(hi))
+                })
+        };
+        for measure in measures {
+            let mut row = vec![measure.to_string()];
+            for (plain, twin) in pairs {
+                let (p, t) = (self.median(measure, plain), self.median(measure, twin));
+                row.push(format!("{} ({})", fmt_opt(p), range(measure, plain)));
+                row.push(format!("{} ({})", fmt_opt(t), range(measure, twin)));
+                row.push(fmt_ratio(p.zip(t).map(|(p, t)| t / p)));
+            }
+            print_row(&row);
+        }
+    }
+}
+
 pub fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
         return None;

@@ -1,19 +1,21 @@
 //! [`Cause`]: why a connection to an upstream (or a redirect target, or a
 //! token service) failed, in terms an operator can act on: a name that does
 //! not resolve, a refused or timed-out connection, a certificate that is
-//! untrusted (with its issuer), for another name, or expired, a proxy that
-//! refused the tunnel (with the host it refused).
+//! untrusted (with its issuer), for another name, or expired, a server that
+//! refused our client certificate (or wanted one), a proxy that refused the
+//! tunnel (with the host it refused).
 //!
 //! It reads reqwest's error chain (rustls and I/O errors are typed; hyper-util's
 //! DNS and tunnel errors are recognised by their fixed messages, because those
-//! types are not reachable through reqwest) and never includes a URL's query.
+//! types are not reachable through reqwest, and so is a TLS alert that h2 kept
+//! only as text) and never includes a URL's query.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
 
-use rustls::CertificateError;
+use rustls::{AlertDescription, CertificateError};
 use url::Url;
 
 use super::tls::CertificateRejected;
@@ -37,8 +39,12 @@ pub enum Cause {
     TlsNameMismatch { host: String, detail: String },
     /// The certificate has expired.
     TlsExpired { host: String, detail: String },
-    /// The server refused our client certificate (or the lack of one).
-    TlsClientCertificate { host: String, detail: String },
+    /// The server wants a client certificate and we sent none (TLS alert
+    /// `certificate_required`).
+    TlsClientCertificateRequired { host: String },
+    /// The server refused the client certificate we sent; `alert` is the TLS
+    /// alert it answered with (`UnknownCA`: it does not trust the issuer).
+    TlsClientCertificate { host: String, alert: String },
     /// Any other TLS failure.
     Tls { host: String, detail: String },
     /// The forward proxy refused to open a tunnel to `host`; `status` is its
@@ -83,9 +89,15 @@ impl fmt::Display for Cause {
             Cause::TlsExpired { host, detail } => {
                 write!(f, "TLS certificate of {host} has expired: {detail}")
             }
-            Cause::TlsClientCertificate { host, detail } => write!(
+            Cause::TlsClientCertificateRequired { host } => write!(
                 f,
-                "{host} refused our TLS client certificate ({detail}); check client_cert_file"
+                "{host} requires a TLS client certificate and none was sent \
+                 (TLS alert CertificateRequired); set client_cert_file and client_key_file"
+            ),
+            Cause::TlsClientCertificate { host, alert } => write!(
+                f,
+                "{host} refused our TLS client certificate (TLS alert {alert}); check \
+                 client_cert_file and client_key_file: {host} must trust the certificate's issuer"
             ),
             Cause::Tls { host, detail } => write!(f, "TLS with {host} failed: {detail}"),
             Cause::ProxyRefused { host, status } => {
@@ -160,6 +172,9 @@ pub(super) fn classify(error: &reqwest::Error, url: &Url) -> Cause {
         return cause;
     }
     let texts: Vec<String> = chain.iter().map(|e| e.to_string()).collect();
+    if let Some(alert) = texts.iter().find_map(|t| client_certificate_alert_in(t)) {
+        return client_certificate_cause(alert, host);
+    }
     let said = |needle: &str| texts.iter().any(|t| t.contains(needle));
     let io_kind = chain
         .iter()
@@ -222,11 +237,8 @@ fn tls_cause(chain: &[&(dyn StdError + 'static)], host: &str) -> Option<Cause> {
                 },
             }
         }
-        rustls::Error::AlertReceived(alert) if format!("{alert:?}").contains("Certificate") => {
-            Cause::TlsClientCertificate {
-                host,
-                detail: tls.to_string(),
-            }
+        rustls::Error::AlertReceived(alert) if CLIENT_CERTIFICATE_ALERTS.contains(alert) => {
+            client_certificate_cause(*alert, host)
         }
         other => Cause::Tls {
             host,
@@ -234,6 +246,57 @@ fn tls_cause(chain: &[&(dyn StdError + 'static)], host: &str) -> Option<Cause> {
         },
     };
     Some(cause)
+}
+
+/// The cause a TLS alert received from `url`'s server names, if it is one
+/// about our client certificate.
+pub(super) fn of_alert(alert: AlertDescription, url: &Url) -> Option<Cause> {
+    CLIENT_CERTIFICATE_ALERTS
+        .contains(&alert)
+        .then(|| client_certificate_cause(alert, host_port(url)))
+}
+
+/// The alerts a server sends about the client's certificate: none sent, or
+/// the one sent is refused (`UnknownCA`: issued by a CA the server does not
+/// trust). A client receives `UnknownCA` only about its own certificate.
+const CLIENT_CERTIFICATE_ALERTS: [AlertDescription; 7] = [
+    AlertDescription::CertificateRequired,
+    AlertDescription::BadCertificate,
+    AlertDescription::UnsupportedCertificate,
+    AlertDescription::CertificateRevoked,
+    AlertDescription::CertificateExpired,
+    AlertDescription::CertificateUnknown,
+    AlertDescription::UnknownCA,
+];
+
+fn client_certificate_cause(alert: AlertDescription, host: String) -> Cause {
+    match alert {
+        AlertDescription::CertificateRequired => Cause::TlsClientCertificateRequired { host },
+        other => Cause::TlsClientCertificate {
+            host,
+            alert: format!("{other:?}"),
+        },
+    }
+}
+
+/// A client-certificate alert named in `text` as rustls words it. Under TLS
+/// 1.3 a server checks the client's certificate after the client has finished
+/// its side of the handshake, so the alert arrives with the first read of the
+/// response; over HTTP/2 that read error reaches us through h2, which keeps
+/// only the text of an I/O error (`h2::Error` has no source), not the
+/// `rustls::Error`.
+fn client_certificate_alert_in(text: &str) -> Option<AlertDescription> {
+    CLIENT_CERTIFICATE_ALERTS.into_iter().find(|alert| {
+        let said = rustls::Error::AlertReceived(*alert).to_string();
+        // Whole names only: `BadCertificate` is a prefix of
+        // `BadCertificateStatusResponse`.
+        text.match_indices(&said).any(|(at, _)| {
+            !text[at + said.len()..]
+                .chars()
+                .next()
+                .is_some_and(char::is_alphanumeric)
+        })
+    })
 }
 
 fn certificate_cause(rejected: &CertificateRejected, host: String) -> Cause {
@@ -290,5 +353,58 @@ pub(crate) fn host_port(url: &Url) -> String {
     match url.port_or_known_default() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_certificate_alerts_are_found_in_text_as_rustls_words_them() {
+        let text = |alert| rustls::Error::AlertReceived(alert).to_string();
+        assert_eq!(
+            client_certificate_alert_in(&format!(
+                "error reading a body: {}",
+                text(AlertDescription::CertificateRequired)
+            )),
+            Some(AlertDescription::CertificateRequired)
+        );
+        assert_eq!(
+            client_certificate_alert_in(&text(AlertDescription::UnknownCA)),
+            Some(AlertDescription::UnknownCA)
+        );
+        assert_eq!(
+            client_certificate_alert_in(&text(AlertDescription::BadCertificateStatusResponse)),
+            None,
+            "a longer alert name is not the one it starts with"
+        );
+        assert_eq!(
+            client_certificate_alert_in(&text(AlertDescription::HandshakeFailure)),
+            None
+        );
+        assert_eq!(
+            client_certificate_alert_in("connection reset by peer"),
+            None
+        );
+    }
+
+    #[test]
+    fn client_certificate_causes_hint_at_the_configuration() {
+        let required = client_certificate_cause(
+            AlertDescription::CertificateRequired,
+            "r.example:443".into(),
+        );
+        assert_eq!(
+            required.to_string(),
+            "r.example:443 requires a TLS client certificate and none was sent \
+             (TLS alert CertificateRequired); set client_cert_file and client_key_file"
+        );
+        let refused = client_certificate_cause(AlertDescription::UnknownCA, "r.example:443".into());
+        assert_eq!(
+            refused.to_string(),
+            "r.example:443 refused our TLS client certificate (TLS alert UnknownCA); check \
+             client_cert_file and client_key_file: r.example:443 must trust the certificate's issuer"
+        );
     }
 }

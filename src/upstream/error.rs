@@ -162,6 +162,14 @@ impl Transport {
         &self.cause
     }
 
+    /// Replaces the cause with a better-informed one, if there is one.
+    pub(crate) fn with_cause(mut self, cause: Option<Cause>) -> Self {
+        if let Some(cause) = cause {
+            self.cause = cause;
+        }
+        self
+    }
+
     /// Adds what the proxy answered when it refused a tunnel.
     pub(crate) fn with_proxy_answer(mut self, answer: Option<String>) -> Self {
         if let Cause::ProxyRefused { status, .. } = &mut self.cause {

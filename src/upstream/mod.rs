@@ -75,6 +75,9 @@ struct Inner {
     /// path-prefix route, e.g. `http://regional:5000/v2/docker.io`).
     repo_prefix: Option<String>,
     client: reqwest::Client,
+    /// `client`'s TLS configuration, for the one-off handshake that explains
+    /// a connection closed after it (`tls::alert_after_handshake`).
+    tls: Arc<rustls::ClientConfig>,
     /// The proxies `client` uses, to name one that refuses a tunnel.
     proxies: ProxySettings,
     connect_timeout: Duration,
@@ -158,6 +161,7 @@ impl Upstream {
             base: config.url.clone(),
             api_root,
             repo_prefix,
+            tls: Arc::new(tls::client_config(&config.egress, None)?),
             client: build_client(
                 config,
                 &redirects,
@@ -448,13 +452,27 @@ impl Upstream {
         seen.iter().cloned().collect()
     }
 
-    /// A failed hop's error; when a proxy refused the tunnel, with its answer.
+    /// A failed hop's error; when a proxy refused the tunnel, with its
+    /// answer; when an HTTPS connection closed before any answer, with the
+    /// TLS alert a fresh handshake then reads, if any.
     async fn transport_error(&self, e: reqwest::Error, url: &Url) -> Error {
         if let Some(refusal) = cause::refused_address(&e) {
             return Error::RedirectRefused(refusal);
         }
         let transport = Transport::new(e, url);
         let proxy = self.inner.proxies.for_scheme(url.scheme());
+        if matches!(transport.cause(), Cause::Request { .. }) && url.scheme() == "https" {
+            let alert = tls::alert_after_handshake(
+                &self.inner.tls,
+                &self.inner.client,
+                proxy,
+                url,
+                self.inner.connect_timeout,
+            )
+            .await;
+            let cause = alert.and_then(|alert| cause::of_alert(alert, url));
+            return Error::Unreachable(transport.with_cause(cause));
+        }
         let (Cause::ProxyRefused { .. }, Some(proxy)) = (transport.cause(), proxy) else {
             return Error::Unreachable(transport);
         };

@@ -2,7 +2,8 @@
 //! proxies installed on the reqwest client, so every hop of a redirect chain
 //! and every token request goes through them; and, when a proxy refuses a
 //! tunnel, one more `CONNECT` to read its answer (hyper-util's tunnel error
-//! keeps only "unsuccessful", and an operator needs "403 Filtered").
+//! keeps only "unsuccessful", and an operator needs "403 Filtered"); and a
+//! tunnel of our own for the handshake that explains a closed connection.
 //!
 //! It never logs or returns a proxy's credentials, and never reads the
 //! environment itself: `config` resolved the variables already.
@@ -78,6 +79,30 @@ pub(super) async fn refusal(
         status_of(&answer)
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()
+}
+
+/// A tunnel through `proxy` to `target`'s host and port, or None if the proxy
+/// cannot be reached or does not answer 200.
+pub(super) async fn tunnel(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    target: &Url,
+) -> Option<TcpStream> {
+    if proxy.url.scheme() != "http" {
+        return None;
+    }
+    let mut stream = TcpStream::connect(host_port(&proxy.url)).await.ok()?;
+    stream
+        .write_all(&connect_request(client, proxy, target))
+        .await
+        .ok()?;
+    // Byte by byte up to the blank line: nothing of the tunnel is read.
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") && answer.len() < MAX_ANSWER {
+        answer.push(stream.read_u8().await.ok()?);
+    }
+    let status = status_of(&answer)?;
+    status.starts_with("200").then_some(stream)
 }
 
 fn connect_request(client: &reqwest::Client, proxy: &Proxy, target: &Url) -> Vec<u8> {

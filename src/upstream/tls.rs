@@ -7,6 +7,12 @@
 //! own cause and gains the names an operator needs (the certificate's issuer
 //! and subject), carried as [`CertificateRejected`] inside rustls'
 //! `CertificateError::Other` so [`super::error`] can find it in the chain.
+//!
+//! Under TLS 1.3 a server checks our client certificate after our side of
+//! the handshake is done; when it refuses, its alert can close an HTTP/2
+//! connection before hyper has handed it a request, and the request only
+//! learns "connection closed". [`alert_after_handshake`] then shakes hands
+//! once more, sends nothing and reads what the server says.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,8 +26,57 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
 
-use super::Error;
-use crate::config::Egress;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use url::Url;
+
+use super::cause::host_port;
+use super::{Error, proxy};
+use crate::config::{Egress, Proxy};
+
+/// The longest wait for a server's alert after a probing handshake.
+const ALERT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The alert `url`'s server sends right after a handshake with `config`
+/// (directly, or through `through`), if it sends one: a server that refuses
+/// our client certificate says why (`CertificateRequired`, `UnknownCA`);
+/// one that accepts it waits for a request, and this gives up after
+/// [`ALERT_WAIT`]. Used only to explain a connection that closed.
+pub(super) async fn alert_after_handshake(
+    config: &Arc<rustls::ClientConfig>,
+    client: &reqwest::Client,
+    through: Option<&Proxy>,
+    url: &Url,
+    connect_timeout: std::time::Duration,
+) -> Option<rustls::AlertDescription> {
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server = ServerName::try_from(host.to_owned()).ok()?;
+    let connect = async {
+        match through {
+            Some(proxy) => proxy::tunnel(client, proxy, url).await,
+            None => TcpStream::connect(host_port(url)).await.ok(),
+        }
+    };
+    let stream = tokio::time::timeout(connect_timeout, connect)
+        .await
+        .ok()
+        .flatten()?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let handshake = tokio::time::timeout(connect_timeout, connector.connect(server, stream));
+    let mut tls = handshake.await.ok()?.ok()?;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(ALERT_WAIT, tls.read(&mut byte))
+        .await
+        .ok()?;
+    let error = read.err()?;
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(*alert),
+        _ => None,
+    }
+}
 
 /// Issuer names of the certificates accepted, by server name (for `doctor`).
 pub(super) type Issuers = Mutex<HashMap<String, String>>;

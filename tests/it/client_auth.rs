@@ -19,7 +19,7 @@ use crate::support::tls::TestCa;
 use crate::support::{Got, client, config_toml_with, get, seed_image, send};
 
 /// `htpasswd -B -b [-c] FILE USER PASSWORD` (apache2-utils).
-fn htpasswd(file: &Path, user: &str, password: &str, create: bool) {
+pub(crate) fn htpasswd(file: &Path, user: &str, password: &str, create: bool) {
     let mut cmd = Command::new("htpasswd");
     cmd.arg(if create { "-cbB" } else { "-bB" })
         .arg(file)

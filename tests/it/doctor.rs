@@ -2,7 +2,8 @@
 //! through tinyproxy: every step and hop passes and the allowlist lists the
 //! chain's three `host:port`s (and the squid ACL line); with the storage host
 //! missing from the proxy's filter it exits 1 and its diagnosis names that
-//! host and the proxy's answer.
+//! host and the proxy's answer; an upstream that wants a client certificate
+//! regcache does not send is named, with the keys to set.
 
 use std::process::Output;
 
@@ -24,9 +25,14 @@ async fn doctor(fake: &FakeUpstream, ca: &TestCa, proxy: &Tinyproxy, args: &[&st
         ca.ca_file().display(),
         proxy.url()
     );
+    doctor_with(fake, &extra, args).await
+}
+
+/// Runs `regcache doctor` for `fake` with `extra` lines in its `[[upstream]]`.
+async fn doctor_with(fake: &FakeUpstream, extra: &str, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
-    std::fs::write(&path, config_toml_with(&fake.url(), "5m", "30s", &extra)).unwrap();
+    std::fs::write(&path, config_toml_with(&fake.url(), "5m", "30s", extra)).unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
         .arg("doctor")
         .arg("--config")
@@ -118,5 +124,40 @@ async fn doctor_names_a_blocked_storage_host_and_exits_1() {
     assert!(
         text.contains(&format!("  {storage}\n")),
         "the blocked host is in the allowlist to add:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_names_an_upstream_wanting_a_client_certificate() {
+    let ca = TestCa::new("doctor-mtls");
+    let client_ca = TestCa::new("doctor-mtls-client");
+    let fake = FakeUpstream::k8s_like_tls(
+        ca.leaf(&FAKE_IPS)
+            .server_config_with_client_auth(&client_ca),
+    );
+    seed_image(&fake, "pause", "3.10", 1024);
+    let extra = format!(
+        "ca_file = \"{}\"\nproxy = \"none\"\nprobe_image = \"pause:3.10\"",
+        ca.ca_file().display()
+    );
+    let output = doctor_with(&fake, &extra, &[]).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{text}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let diagnosis = text
+        .lines()
+        .find(|l| l.contains("diagnosis:"))
+        .unwrap_or_else(|| panic!("no diagnosis:\n{text}"));
+    let front = host_port(&fake, Host::Front);
+    assert!(
+        diagnosis.contains(&format!(
+            "{front} requires a TLS client certificate and none was sent"
+        )) && diagnosis.contains("set client_cert_file and client_key_file"),
+        "{diagnosis}"
     );
 }

@@ -48,6 +48,8 @@ mod pull;
 mod redirects;
 /// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale), docker-registry's fallback tag or an empty index, cached manifests naming the subject.
 mod referrers;
+/// The restricted-sites table: skopeo, podman, containerd × (plain, TLS, TLS + auth) mirror, upstream the TLS chain through tinyproxy.
+mod restricted_sites;
 /// Fills resumed with a Range request after a cut upstream body; permanent cuts.
 mod resume;
 /// Several upstreams: ns, path-prefix and default routing, Docker Hub's library/, the closed table, per-upstream tags, health probes.

@@ -3,7 +3,8 @@
 //! on 127.0.0.1/.2/.3 with a CA made for the test, over HTTP/2 and over
 //! HTTP/1.1; certificates that are untrusted, for another address, or expired,
 //! each failing with a cause an operator can act on; an upstream that demands
-//! a client certificate; an upstream that never finishes its handshake (504);
+//! a client certificate (given, missing, or issued by a CA it does not trust,
+//! each refusal named); an upstream that never finishes its handshake (504);
 //! and Debian's tinyproxy allowing CONNECT only to the chain's hosts,
 //! configured in the file or through `HTTPS_PROXY`, with and without the
 //! credentials it demands.
@@ -165,34 +166,83 @@ async fn assert_handshake_refused(
     assert_eq!(fake.total_hits(), 0);
 }
 
+/// The chain demanding a client certificate issued by `client_ca`.
+fn mtls_chain(ca: &TestCa, client_ca: &TestCa) -> (FakeUpstream, Image) {
+    let leaf = ca.leaf(&FAKE_IPS);
+    let fake = FakeUpstream::k8s_like_tls(leaf.server_config_with_client_auth(client_ca));
+    let image = seed_image(&fake, "pause", "3.10", 64 * 1024);
+    (fake, image)
+}
+
+/// `[upstream_defaults]` giving a client certificate of `ca`, written in `dir`.
+fn client_cert_defaults(ca: &TestCa, dir: &std::path::Path) -> String {
+    let (cert, key) = ca.client_leaf("regcache").write(dir, "client");
+    format!(
+        "[upstream_defaults]\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
 #[tokio::test]
 async fn an_upstream_demanding_a_client_certificate_gets_the_configured_one() {
     let ca = TestCa::new("mtls-server");
     let client_ca = TestCa::new("mtls-client");
-    let leaf = ca.leaf(&FAKE_IPS);
-    let fake = FakeUpstream::k8s_like_tls(leaf.server_config_with_client_auth(&client_ca));
-    let image = seed_image(&fake, "pause", "3.10", 64 * 1024);
-
-    // TLS 1.3 finishes the client's side of the handshake before the server
-    // checks the certificate, so the refusal arrives as a closed connection.
-    let without = regcache(&fake, &ca_line(&ca), "");
-    let (status, message) = manifest_error(&without, &image).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
-    assert_eq!(fake.total_hits(), 0);
-    drop(without);
-
+    let (fake, image) = mtls_chain(&ca, &client_ca);
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = client_ca
-        .client_leaf("regcache")
-        .write(dir.path(), "client");
     // Given once for every upstream, in [upstream_defaults].
-    let defaults = format!(
-        "[upstream_defaults]\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
-        cert.display(),
-        key.display()
+    let with = regcache(
+        &fake,
+        &ca_line(&ca),
+        &client_cert_defaults(&client_ca, dir.path()),
     );
-    let with = regcache(&fake, &ca_line(&ca), &defaults);
     pull(&with, &image).await;
+}
+
+// Under TLS 1.3 the server checks our certificate after our side of the
+// handshake is done: its refusal is an alert read with the response.
+
+#[tokio::test]
+async fn an_upstream_wanting_a_client_certificate_we_lack_says_so_and_names_the_keys() {
+    let ca = TestCa::new("mtls-none");
+    let (fake, image) = mtls_chain(&ca, &TestCa::new("mtls-none-client"));
+    let rc = regcache(&fake, &ca_line(&ca), "");
+    let (status, message) = manifest_error(&rc, &image).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
+    let front = host_port(&fake, Host::Front);
+    let cause = format!("{front} requires a TLS client certificate and none was sent");
+    assert!(message.contains(&cause), "{message}");
+    assert!(
+        message.contains("set client_cert_file and client_key_file"),
+        "{message}"
+    );
+    assert_eq!(fake.total_hits(), 0);
+    // The access log line is written when the response has ended.
+    rc.wait_for_log(&cause);
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_named_as_refused() {
+    let ca = TestCa::new("mtls-other");
+    let (fake, image) = mtls_chain(&ca, &TestCa::new("mtls-trusted-client"));
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = TestCa::new("mtls-stranger");
+    let rc = regcache(
+        &fake,
+        &ca_line(&ca),
+        &client_cert_defaults(&stranger, dir.path()),
+    );
+    let (status, message) = manifest_error(&rc, &image).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
+    let front = host_port(&fake, Host::Front);
+    let cause = format!("{front} refused our TLS client certificate (TLS alert UnknownCA)");
+    assert!(message.contains(&cause), "{message}");
+    assert!(
+        message.contains("check client_cert_file and client_key_file"),
+        "{message}"
+    );
+    assert_eq!(fake.total_hits(), 0);
+    rc.wait_for_log(&cause);
 }
 
 /// Every `host:port` of the chain.

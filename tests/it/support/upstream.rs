@@ -23,20 +23,7 @@ impl Upstream {
     pub fn seed(&self, image: &Image) {
         match self {
             Upstream::Docker(r) => r.push(image),
-            Upstream::K8sLike(f) => {
-                for blob in &image.blobs {
-                    f.put_content_with_digest(
-                        &image.repo,
-                        &blob.digest,
-                        super::fake::Content::Bytes(blob.bytes.clone()),
-                    );
-                }
-                for m in &image.manifests {
-                    let tag = (m.digest == image.top).then_some(image.tag.as_str());
-                    let digest = f.put_manifest(&image.repo, tag, &m.media_type, m.bytes.clone());
-                    assert_eq!(digest, m.digest);
-                }
-            }
+            Upstream::K8sLike(f) => seed_k8s_like(f, image),
         }
     }
 
@@ -55,5 +42,22 @@ impl Upstream {
             Upstream::Docker(r) => r.stop(),
             Upstream::K8sLike(f) => f.set_down(true),
         }
+    }
+}
+
+/// Puts `image` into the k8s-like fake: every blob by digest, every manifest,
+/// the top one under its tag.
+pub fn seed_k8s_like(fake: &FakeUpstream, image: &Image) {
+    for blob in &image.blobs {
+        fake.put_content_with_digest(
+            &image.repo,
+            &blob.digest,
+            super::fake::Content::Bytes(blob.bytes.clone()),
+        );
+    }
+    for m in &image.manifests {
+        let tag = (m.digest == image.top).then_some(image.tag.as_str());
+        let digest = fake.put_manifest(&image.repo, tag, &m.media_type, m.bytes.clone());
+        assert_eq!(digest, m.digest);
     }
 }
