@@ -38,6 +38,8 @@ mod pins;
 mod prefetch;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
+/// Docker Hub rate limits (issue 17): manifest GETs stop at the reserve or a 429, cached tags served, misses fail fast with Retry-After, resume after the window.
+mod rate_limit;
 /// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale), docker-registry's fallback tag or an empty index, cached manifests naming the subject.
 mod referrers;
 /// Fills resumed with a Range request after a cut upstream body; permanent cuts.
