@@ -132,7 +132,9 @@ impl ApiError {
             E::Unavailable { .. } => Self::upstream_unavailable(message),
             E::RateLimited { retry_after, .. } => {
                 let mut api = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
-                api.retry_after = Some(retry_after.map_or(1, |d| d.as_secs().max(1)));
+                // Rounded up: a client that waits the whole seconds said must find it over.
+                api.retry_after =
+                    Some(retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64));
                 api
             }
             E::Denied { .. } => Self::new(StatusCode::FORBIDDEN, "DENIED", message),

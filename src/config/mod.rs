@@ -160,6 +160,9 @@ pub struct UpstreamConfig {
     /// How long a background revalidation of a stale tag waits for the
     /// upstream (the client was answered from the cache already).
     pub revalidate_timeout: Duration,
+    /// Manifest GETs of a stated pull quota (Docker Hub's `ratelimit-remaining`)
+    /// left unspent: at this many, GETs pause until the window has passed.
+    pub rate_limit_reserve: u64,
     pub credentials: Option<Credentials>,
     /// How this upstream is reached: trusted CAs, client certificate, proxy
     /// (`[upstream_defaults]` merged with the upstream's own keys).

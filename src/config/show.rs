@@ -114,6 +114,11 @@ fn upstream(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loa
         &key("revalidate_timeout"),
         duration(upstream.revalidate_timeout),
     );
+    lines.value(
+        loaded,
+        &key("rate_limit_reserve"),
+        Value::Integer(upstream.rate_limit_reserve as i64),
+    );
     let Some(credentials) = &upstream.credentials else {
         return;
     };

@@ -267,3 +267,23 @@ fn names_and_aliases_must_be_registry_hosts() {
         assert_eq!(keys(&err), ["upstream[0]"], "{bad}");
     }
 }
+
+#[test]
+fn the_rate_limit_reserve_is_a_whole_number_with_a_default() {
+    let up = |extra: &str| {
+        load_str(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"d\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n{extra}"
+        ))
+    };
+    let default = up("").unwrap();
+    assert_eq!(
+        default.default_upstream().rate_limit_reserve,
+        crate::upstream::DEFAULT_RESERVE
+    );
+    let set = up("rate_limit_reserve = 0").unwrap();
+    assert_eq!(set.default_upstream().rate_limit_reserve, 0);
+    for bad in ["rate_limit_reserve = -1", "rate_limit_reserve = \"5\""] {
+        let err = up(bad).unwrap_err();
+        assert_eq!(keys(&err), ["upstream[0].rate_limit_reserve"], "{bad}");
+    }
+}

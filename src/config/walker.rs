@@ -242,6 +242,12 @@ impl Walker {
         let idle_timeout = self.duration(&mut t, path, "idle_timeout", Duration::from_secs(60));
         let revalidate_timeout =
             self.duration(&mut t, path, "revalidate_timeout", Duration::from_secs(5));
+        let rate_limit_reserve = self.count(
+            &mut t,
+            path,
+            "rate_limit_reserve",
+            crate::upstream::DEFAULT_RESERVE,
+        );
         let credentials = self.credentials(&mut t, path, secrets);
         let probe_image = self.optional_string(&mut t, path, "probe_image");
         let own_egress = self.egress_keys(&mut t, path, secrets);
@@ -264,6 +270,7 @@ impl Walker {
             connect_timeout: connect_timeout?,
             idle_timeout: idle_timeout?,
             revalidate_timeout: revalidate_timeout?,
+            rate_limit_reserve: rate_limit_reserve?,
             credentials: credentials.ok()?,
             egress,
             probe_image,

@@ -245,6 +245,41 @@ fn write_health(server: &ServerInfo, out: &mut dyn Write) -> std::io::Result<()>
             None => writeln!(out)?,
         }
     }
+    write_rate_limits(server, out)
+}
+
+/// Each upstream's pull quota: what it stated, the GETs spent, any pause.
+fn write_rate_limits(server: &ServerInfo, out: &mut dyn Write) -> std::io::Result<()> {
+    out.write_all(
+        b"
+upstream rate limits (manifest GETs):
+",
+    )?;
+    for (upstream, health) in &server.upstream_health {
+        let Some(quota) = &health.rate_limit else {
+            continue;
+        };
+        let known = |n: Option<u64>| n.map_or("-".to_owned(), |n| n.to_string());
+        write!(
+            out,
+            "  {upstream}: limit {}, remaining {}, window {}s, reserve {}, GETs spent {}, paused {} times",
+            known(quota.limit),
+            known(quota.remaining),
+            known(quota.window_seconds),
+            quota.reserve,
+            quota.gets_spent,
+            quota.pauses,
+        )?;
+        match (quota.paused_until, &quota.paused_because) {
+            (Some(until), why) => writeln!(
+                out,
+                "; paused for {}s more, until {until} (unix; {})",
+                until.saturating_sub(unix_now()),
+                why.as_deref().unwrap_or("-")
+            )?,
+            _ => writeln!(out)?,
+        }
+    }
     Ok(())
 }
 

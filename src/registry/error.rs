@@ -109,6 +109,11 @@ impl Error {
                 upstream,
                 retry_after: Some(refusal.retry_in.max(Duration::from_secs(1))),
             },
+            // Paused before the quota ran out: the same answer, with the reset.
+            upstream::Error::QuotaReserve { retry_in, .. } => Error::RateLimited {
+                upstream,
+                retry_after: Some(retry_in.max(Duration::from_secs(1))),
+            },
             source @ upstream::Error::Denied { .. } => Error::Denied { upstream, source },
             source if source.is_unavailable() => Error::Unavailable { upstream, source },
             source => Error::Upstream { upstream, source },

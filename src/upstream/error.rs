@@ -60,6 +60,10 @@ pub enum Error {
     /// (see [`super::Health`]).
     #[error("{}", circuit_message(.0))]
     CircuitOpen(Refusal),
+    /// Not sent: the upstream's pull quota is down to its reserve, or it
+    /// answered 429 (see [`super::RateLimit`]); GETs resume in `retry_in`.
+    #[error("upstream pull quota paused ({why}); manifest requests resume in {}s", .retry_in.as_secs_f64().ceil())]
+    QuotaReserve { retry_in: Duration, why: String },
     /// No answer within the caller's own bound (`revalidate_timeout`).
     #[error("no upstream answer within {limit:?}")]
     Deadline { limit: Duration },
@@ -87,6 +91,7 @@ impl Error {
                 | Self::ServerError { .. }
                 | Self::TooManyRequests { .. }
                 | Self::CircuitOpen(_)
+                | Self::QuotaReserve { .. }
                 | Self::Deadline { .. }
         )
     }
@@ -126,7 +131,7 @@ pub(crate) fn from_status(status: StatusCode, headers: &HeaderMap, url: &Url) ->
 }
 
 /// `Retry-After` in delay-seconds; an HTTP-date (rare from registries) is ignored.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse().ok().map(Duration::from_secs)
 }

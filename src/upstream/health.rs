@@ -92,6 +92,9 @@ pub struct HealthReport {
     /// Unix seconds until which requests are refused (while open).
     pub open_until: Option<u64>,
     pub last_failure: Option<String>,
+    /// The pull quota ([`super::RateLimit`]), filled in by the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<super::RateLimitReport>,
 }
 
 impl Health {
@@ -149,6 +152,7 @@ impl Health {
             opened: state.opened,
             open_until,
             last_failure: state.last_failure.clone(),
+            rate_limit: None,
         }
     }
 

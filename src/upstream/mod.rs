@@ -15,6 +15,7 @@ mod error;
 mod health;
 mod probe;
 mod proxy;
+mod rate_limit;
 pub(crate) mod redirect;
 pub(crate) mod response;
 mod resume;
@@ -39,6 +40,7 @@ use url::{Origin, Url};
 pub use error::{Cause, Error, RedirectRefusal, Transport};
 pub use health::{Health, HealthReport, Refusal};
 pub use probe::{HopRecord, PROBE_TIMEOUT};
+pub use rate_limit::{DEFAULT_RESERVE, RateLimit, RateLimitReport};
 pub use response::{ContentRange, Response};
 pub use resume::Continuation;
 pub use tls::CertificateRejected;
@@ -94,6 +96,8 @@ struct Inner {
     health: Health,
     /// Hops by status class and body bytes read, for `/metrics`.
     traffic: Arc<Traffic>,
+    /// The pull quota the upstream states; pauses manifest requests.
+    rate_limit: RateLimit,
 }
 
 /// One logical request: where it starts, how, and for which of our repositories.
@@ -177,6 +181,7 @@ impl Upstream {
             hosts_seen: Default::default(),
             health: Health::new(&config.name),
             traffic: Arc::default(),
+            rate_limit: RateLimit::new(&config.name, config.rate_limit_reserve),
         };
         Ok(Upstream {
             inner: Arc::new(inner),
@@ -233,14 +238,24 @@ impl Upstream {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, self.inner.manifest_accept.clone());
         let url = self.endpoint(&format!("{repo}/manifests/{reference}"));
-        self.send(&Call {
-            method,
-            url,
-            headers,
-            repo,
-            deadline,
-        })
-        .await
+        // Manifests are what a pull quota counts: none is asked for while the
+        // quota is paused (not even a free HEAD: a moved tag could not be
+        // fetched anyway, so cached tags are served without asking).
+        self.inner.rate_limit.admit()?;
+        let get = method == Method::GET;
+        let result = self
+            .send(&Call {
+                method,
+                url,
+                headers,
+                repo,
+                deadline,
+            })
+            .await;
+        if get && !matches!(result, Err(Error::CircuitOpen(_))) {
+            self.inner.rate_limit.spent_get();
+        }
+        result
     }
 
     /// GET or HEAD `/v2/<repo>/blobs/<digest>`; `range_start` adds
@@ -326,9 +341,17 @@ impl Upstream {
         result
     }
 
-    /// The circuit's state, for `regcache stats`.
+    /// The circuit's state and the pull quota, for `regcache stats`.
     pub fn health(&self) -> HealthReport {
-        self.inner.health.report()
+        let mut report = self.inner.health.report();
+        report.rate_limit = Some(self.rate_limit());
+        report
+    }
+
+    /// The pull quota the upstream stated, the GETs spent, any pause (for
+    /// metrics and the status page).
+    pub fn rate_limit(&self) -> RateLimitReport {
+        self.inner.rate_limit.report()
     }
 
     /// One request to a 2xx answer: follows the redirect chain, and on a
@@ -419,8 +442,11 @@ impl Upstream {
         }
         let status = result.as_ref().ok().map(|r| r.status().as_u16());
         self.inner.traffic.hop(status);
-        if result.is_ok() {
+        if let Ok(response) = &result {
             self.saw(url);
+            self.inner
+                .rate_limit
+                .observe(response.status(), response.headers());
         }
         result
     }

@@ -197,6 +197,7 @@ pub(crate) fn config(url: &str) -> UpstreamConfig {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         revalidate_timeout: Duration::from_secs(5),
+        rate_limit_reserve: crate::upstream::DEFAULT_RESERVE,
         credentials: None,
         egress: Default::default(),
         probe_image: None,

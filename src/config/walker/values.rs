@@ -166,6 +166,27 @@ impl Walker {
         }
     }
 
+    /// A whole number ≥ 0; `Some(default)` when absent, `None` when invalid.
+    pub(super) fn count(
+        &mut self,
+        t: &mut Table,
+        path: &str,
+        key: &str,
+        default: u64,
+    ) -> Option<u64> {
+        match t.remove(key) {
+            None => Some(default),
+            Some(Value::Integer(i)) if i >= 0 => Some(i as u64),
+            Some(other) => {
+                self.error(
+                    &Self::key(path, key),
+                    format!("must be a whole number ≥ 0, found {other}"),
+                );
+                None
+            }
+        }
+    }
+
     /// A humantime duration ("90s", "5m"); `Some(default)` when absent, `None` when invalid.
     pub(super) fn duration(
         &mut self,

@@ -278,8 +278,8 @@ async fn final_statuses_map_to_errors() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Protocol(_)));
-    // Last: a 429 with Retry-After opens the circuit for that long, so the
-    // next request is not sent at all.
+    // Last: a 429 with Retry-After opens the circuit for that long and
+    // pauses manifest requests, so the next request is not sent at all.
     let err = get("s429").await;
     assert!(
         matches!(err, Error::TooManyRequests { retry_after: Some(d) } if d == Duration::from_secs(7))
@@ -287,9 +287,12 @@ async fn final_statuses_map_to_errors() {
     let sent = fake.seen().len();
     let refused = get("s404").await;
     assert!(
-        matches!(&refused, Error::CircuitOpen(r) if r.rate_limited && r.retry_in > Duration::from_secs(5)),
+        matches!(&refused, Error::QuotaReserve { retry_in, .. } if *retry_in > Duration::from_secs(5)),
         "{refused:?}"
     );
+    let report = upstream.health();
+    assert_eq!(report.circuit, "open");
+    assert!(report.rate_limit.and_then(|r| r.paused_until).is_some());
     assert!(refused.is_unavailable());
     assert_eq!(fake.seen().len(), sent, "nothing was sent");
 }

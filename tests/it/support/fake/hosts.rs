@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 
 use super::faults::{BodyState, flip_last};
+use super::quota::Verdict;
 use super::token::{challenge, token};
 use super::*;
 
@@ -94,11 +95,27 @@ pub(super) async fn handle(State(hs): State<HostState>, request: Request) -> Res
             }
         }
     }
-    match hs.host {
+    let quota = match hs.host {
+        Host::Registry if path.contains("/manifests/") => {
+            let mut state = hs.shared.state();
+            state.quota.as_mut().map(|q| q.take(!head))
+        }
+        _ => None,
+    };
+    let extra = match quota {
+        Some(Verdict::Refuse(refused)) => return refused,
+        Some(Verdict::Answer(extra)) => extra,
+        None => Vec::new(),
+    };
+    let mut response = match hs.host {
         Host::Front => front(&hs.shared, &path),
         Host::Registry => registry(&hs.shared, &path, &query, &headers, head),
         Host::Storage => storage(&hs.shared, &path, &headers, head),
+    };
+    for (name, value) in extra {
+        response.headers_mut().insert(name, value);
     }
+    response
 }
 
 /// archeio: `/v2/` 200, `_catalog` 404, everything else under `/v2/` a 307.

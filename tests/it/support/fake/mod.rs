@@ -18,7 +18,8 @@
 //! stored `Bytes`, never copied per request, so multi-GiB blobs are fine. Every
 //! request is recorded (for hit counts) and faults can be switched on: down,
 //! a status for everything, wrong bytes, a cut body (every time, or once), a
-//! paused or throttled body, a blob answer held back before its headers.
+//! paused or throttled body, a blob answer held back before its headers; and
+//! Docker Hub's pull quota on manifest GETs ([`FakeUpstream::set_pull_quota`]).
 //!
 //! [`FakeUpstream::k8s_like_tls`] serves the same chain over TLS, the three
 //! hosts on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (so a proxy ACL, which matches
@@ -46,6 +47,8 @@ use sha2::{Digest as _, Sha256};
 mod faults;
 /// The three hosts' handlers: front (archeio), registry (Artifact Registry), storage.
 mod hosts;
+/// Docker Hub's pull quota (ratelimit headers, 429) on the registry host.
+mod quota;
 /// The registry host's token endpoint and its Bearer challenge.
 mod token;
 
@@ -151,6 +154,8 @@ struct FakeState {
     sent: HashMap<String, u64>,
     faults: Faults,
     tag_page_size: Option<usize>,
+    /// Docker Hub's pull quota, when switched on.
+    quota: Option<quota::PullQuota>,
 }
 
 #[derive(Debug)]
