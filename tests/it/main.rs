@@ -44,10 +44,10 @@ mod pins;
 mod prefetch;
 /// Pulls through the k8s-like fake: bytes, headers, hits, ranges, streaming, ns.
 mod pull;
-/// Redirect policy: loopback to loopback allowed, redirect_hosts, userinfo in a Location refused.
-mod redirects;
 /// Docker Hub rate limits (issue 17): manifest GETs stop at the reserve or a 429, cached tags served, misses fail fast with Retry-After, resume after the window.
 mod rate_limit;
+/// Redirect policy: loopback to loopback allowed, redirect_hosts, userinfo in a Location refused.
+mod redirects;
 /// Referrers for every upstream: the fake's API (passed on, filtered, cached, stale), docker-registry's fallback tag or an empty index, cached manifests naming the subject.
 mod referrers;
 /// The restricted-sites table: skopeo, podman, containerd × (plain, TLS, TLS + auth) mirror, upstream the TLS chain through tinyproxy.

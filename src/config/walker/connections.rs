@@ -20,8 +20,9 @@ impl Walker {
             self.duration(server, "server", "keepalive_timeout", d.keepalive_timeout);
         let shutdown_timeout =
             self.duration(server, "server", "shutdown_timeout", d.shutdown_timeout);
-        let max_connections = self.count(server, "max_connections", d.max_connections as u64);
-        let max_requests = self.count(
+        let max_connections =
+            self.positive_count(server, "max_connections", d.max_connections as u64);
+        let max_requests = self.positive_count(
             server,
             "max_requests_per_connection",
             d.max_requests_per_connection,
@@ -44,7 +45,7 @@ impl Walker {
     }
 
     /// A whole number of at least 1 (and below 2^31, a semaphore's limit).
-    fn count(&mut self, server: &mut Table, key: &str, default: u64) -> Option<u64> {
+    fn positive_count(&mut self, server: &mut Table, key: &str, default: u64) -> Option<u64> {
         let value = match server.remove(key) {
             None => return Some(default),
             Some(Value::Integer(n)) => n,
