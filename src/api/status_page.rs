@@ -219,8 +219,40 @@ fn upstreams(upstreams: &[UpstreamStatus]) -> Markup {
                 div.sub { "egress hosts seen:" }
                 @if u.hosts_seen.is_empty() { div.empty { "none yet" } }
                 ul { @for host in &u.hosts_seen { li.name { (host) } } }
-                // Health and rate-limit state: reported by the upstream side later.
-                div.sub.health { "health and rate limit: not reported yet" }
+                (health(&u.health))
+                @if let Some(quota) = &u.rate_limit { (rate_limit(quota)) }
+            }
+        }
+    }
+}
+
+/// The circuit: closed, or open (until when, after what failure).
+fn health(h: &crate::upstream::HealthReport) -> Markup {
+    html! {
+        div.sub.health {
+            "circuit " span.circuit { (h.circuit) }
+            ", " (h.consecutive_failures) " consecutive failures, opened "
+            (h.opened) " times"
+            @if let Some(until) = h.open_until { ", open until " (unix_time(until)) }
+        }
+        @if let Some(failure) = &h.last_failure { div.sub { "last failure: " (failure) } }
+    }
+}
+
+/// The pull quota the upstream stated, the manifest GETs spent, any pause.
+fn rate_limit(q: &crate::upstream::RateLimitReport) -> Markup {
+    let stated = match (q.remaining, q.limit) {
+        (Some(remaining), Some(limit)) => format!("{remaining} of {limit} left"),
+        (Some(remaining), None) => format!("{remaining} left"),
+        _ => "no quota stated".to_owned(),
+    };
+    html! {
+        div.sub.rate-limit {
+            "pull quota: " (stated) ", reserve " (q.reserve) ", manifest GETs sent "
+            (q.gets_spent)
+            @if let Some(until) = q.paused_until {
+                ", paused until " (unix_time(until))
+                @if let Some(why) = &q.paused_because { " (" (why) ")" }
             }
         }
     }

@@ -126,6 +126,61 @@ impl Scrape {
             upstreams
                 .iter()
                 .map(|u| ([("upstream", u.name.as_str())], u.traffic.received_bytes)),
+        )?;
+        self.encode_upstream_health(encoder)
+    }
+
+    /// Each upstream's circuit and pull quota (`upstream::health`, `rate_limit`).
+    fn encode_upstream_health(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let upstreams = &self.activity.upstreams;
+        let each = |value: fn(&crate::upstream::HealthReport) -> Option<u64>| {
+            upstreams
+                .iter()
+                .filter_map(move |u| Some(([("upstream", u.name.as_str())], value(&u.health)?)))
+        };
+        gauges_of(
+            encoder,
+            "upstream_up",
+            "1 while the upstream's circuit is closed (requests go out), 0 while it is open or probing.",
+            each(|h| Some(u64::from(h.circuit == "closed"))),
+        )?;
+        gauges_of(
+            encoder,
+            "upstream_consecutive_failures",
+            "Upstream failures in a row (timeouts, refused, 5xx, 429); the circuit opens at a threshold.",
+            each(|h| Some(u64::from(h.consecutive_failures))),
+        )?;
+        counters_of(
+            encoder,
+            "upstream_circuit_opened",
+            "Times each upstream's circuit opened.",
+            None,
+            each(|h| Some(h.opened)),
+        )?;
+        gauges_of(
+            encoder,
+            "upstream_ratelimit_limit",
+            "The pull quota the upstream last stated (ratelimit-limit); absent until it states one.",
+            each(|h| h.rate_limit.as_ref()?.limit),
+        )?;
+        gauges_of(
+            encoder,
+            "upstream_ratelimit_remaining",
+            "Pulls left in the upstream's window (ratelimit-remaining); absent until it states one.",
+            each(|h| h.rate_limit.as_ref()?.remaining),
+        )?;
+        gauges_of(
+            encoder,
+            "upstream_ratelimit_paused",
+            "1 while manifest requests to the upstream are paused (quota at the reserve, or a 429).",
+            each(|h| Some(u64::from(h.rate_limit.as_ref()?.paused_until.is_some()))),
+        )?;
+        counters_of(
+            encoder,
+            "upstream_manifest_gets",
+            "Manifest GETs sent to each upstream (what Docker Hub counts against its quota).",
+            None,
+            each(|h| Some(h.rate_limit.as_ref()?.gets_spent)),
         )
     }
 
@@ -239,6 +294,20 @@ fn gauge(
 ) -> fmt::Result {
     let metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)
+}
+
+fn gauges_of<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+            .encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// The encoder accumulates bucket counts itself: it is given each bucket's own.

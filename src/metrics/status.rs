@@ -2,9 +2,7 @@
 //! the same value): disk use against the budget, hit ratio and bytes saved
 //! since start and over the last hour, requests per second, the largest and the
 //! most pulled repositories, fills in progress, recent evictions, pins, and
-//! each upstream's traffic and egress hosts. Upstream health and rate-limit
-//! state have their place in [`UpstreamStatus`] once the upstream side reports
-//! them.
+//! each upstream's traffic, egress hosts, circuit and pull quota.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -66,10 +64,11 @@ pub struct UpstreamStatus {
     pub name: String,
     pub traffic: TrafficSnapshot,
     pub hosts_seen: Vec<String>,
-    /// Health (up, consecutive failures, last success) and rate-limit state:
-    /// not reported by the upstream side yet; always `None` until it is.
-    pub health: Option<serde_json::Value>,
-    pub rate_limit: Option<serde_json::Value>,
+    /// Its circuit (closed, open until when, after what failure).
+    pub health: crate::upstream::HealthReport,
+    /// The pull quota it states (Docker Hub's `ratelimit-*` headers), the
+    /// manifest GETs spent, any pause.
+    pub rate_limit: Option<crate::upstream::RateLimitReport>,
 }
 
 impl Status {
@@ -104,12 +103,16 @@ impl Status {
         let upstreams = activity
             .upstreams
             .into_iter()
-            .map(|u| UpstreamStatus {
-                name: u.name,
-                traffic: u.traffic,
-                hosts_seen: u.hosts_seen,
-                health: None,
-                rate_limit: None,
+            .map(|u| {
+                let mut health = u.health;
+                let rate_limit = health.rate_limit.take();
+                UpstreamStatus {
+                    name: u.name,
+                    traffic: u.traffic,
+                    hosts_seen: u.hosts_seen,
+                    health,
+                    rate_limit,
+                }
             })
             .collect();
         Ok(Status {

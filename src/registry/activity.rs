@@ -29,6 +29,8 @@ pub struct UpstreamActivity {
     pub traffic: TrafficSnapshot,
     /// Every `host:port` its requests reached (redirect targets included).
     pub hosts_seen: Vec<String>,
+    /// Its circuit and its pull quota (`rate_limit`).
+    pub health: crate::upstream::HealthReport,
 }
 
 impl Registry {
@@ -47,6 +49,7 @@ impl Registry {
                 name: route.name().to_owned(),
                 traffic: route.client.traffic(),
                 hosts_seen: route.client.hosts_seen(),
+                health: route.client.health(),
             })
             .collect();
         Ok(Activity {

@@ -16,8 +16,9 @@ use reqwest::{Method, StatusCode};
 
 use crate::support::commands::ok_cmd;
 use crate::support::fake::{FakeUpstream, Host};
+use crate::support::prometheus::Metrics;
 use crate::support::regcache::Regcache;
-use crate::support::{Got, Image, OCI_MANIFEST, client, config_toml_with, seed_image, send};
+use crate::support::{Got, Image, OCI_MANIFEST, client, config_toml_with, get, seed_image, send};
 
 const LIMIT: u64 = 6;
 /// Long enough that `regcache stats` (its file rewritten every 2 s) sees the
@@ -192,6 +193,27 @@ async fn manifest_gets_stop_at_the_reserve_and_resume_after_the_window() {
         WINDOW.as_secs()
     );
     assert!(human.contains(&line), "{human}");
+    // /metrics and the status page show the same quota and the pause.
+    let metrics = Metrics::scrape(&regcache.url()).await;
+    let upstream = [("upstream", "registry.k8s.io")];
+    for (name, value) in [
+        ("regcache_upstream_ratelimit_limit", LIMIT),
+        ("regcache_upstream_ratelimit_remaining", RESERVE),
+        ("regcache_upstream_ratelimit_paused", 1),
+        ("regcache_upstream_manifest_gets_total", 4),
+        ("regcache_upstream_up", 1),
+    ] {
+        assert_eq!(metrics.value(name, &upstream), value as f64, "{name}");
+    }
+    let status = get(&format!("{}/status?format=json", regcache.url())).await;
+    let status: serde_json::Value = serde_json::from_slice(status.ok_body()).unwrap();
+    let shown = status["upstreams"]
+        .as_array()
+        .and_then(|all| all.iter().find(|u| u["name"] == "registry.k8s.io"))
+        .map(|u| u["rate_limit"].clone())
+        .expect("the upstream on the status page");
+    assert_eq!(shown["remaining"], RESERVE);
+    assert!(!shown["paused_until"].is_null(), "{shown}");
 
     // Past the reset time the refusal named, the miss goes through.
     tokio::time::sleep((refused_at + retry_after).saturating_duration_since(Instant::now())).await;
