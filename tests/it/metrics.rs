@@ -103,6 +103,9 @@ async fn counters_after_a_miss_a_hit_a_herd_a_stale_answer_and_an_eviction() {
     fake.set_fail_status(Some(500));
     let stale = get(&tag).await;
     assert_eq!(stale.ok_body(), &image.manifest);
+    // The revalidation runs in the background: the upstream must still be
+    // failing when it gets there (its 500 is counted below).
+    regcache.wait_for_log("tag revalidation failed; the cached mapping stays");
     fake.set_fail_status(None);
 
     // A third MiB passes the high watermark: the least recently used blob (x) goes.
