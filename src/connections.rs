@@ -19,7 +19,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt as _;
 
 use crate::api::auth::ClientAddr;
@@ -59,8 +59,11 @@ struct Server {
     http: auto::Builder<TokioExecutor>,
     slots: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
-    /// Idle connections close when this is notified (the limit was reached).
-    reclaim: Notify,
+    /// Idle connections close when this counter moves (the limit was
+    /// reached). A watch, not a `tokio::sync::Notify`: a connection task that is not
+    /// polling at that moment (just spawned, or busy under load) still sees
+    /// the change the next time it looks, where `notify_waiters` would be lost.
+    reclaim: watch::Sender<u64>,
     /// Becomes true at shutdown.
     stopping: watch::Sender<bool>,
 }
@@ -80,7 +83,7 @@ impl Server {
         Self {
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             refusals: Arc::new(Semaphore::new(REFUSALS)),
-            reclaim: Notify::new(),
+            reclaim: watch::Sender::new(0),
             stopping: watch::Sender::new(false),
             app,
             limits,
@@ -97,7 +100,7 @@ impl Server {
         let slot = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(slot) => Some(slot),
             Err(_) => {
-                self.reclaim.notify_waiters();
+                self.reclaim.send_modify(|generation| *generation += 1);
                 let wait = Arc::clone(&self.slots).acquire_owned();
                 tokio::time::timeout(SLOT_WAIT, wait)
                     .await
@@ -108,7 +111,10 @@ impl Server {
         let server = Arc::clone(self);
         match slot {
             Some(slot) => {
-                tokio::spawn(async move { server.connection(io, addr, slot).await });
+                // Subscribed here, before the task runs: a reclaim that comes
+                // before its first poll is still seen.
+                let reclaim = self.reclaim.subscribe();
+                tokio::spawn(async move { server.connection(io, addr, slot, reclaim).await });
             }
             None => match Arc::clone(&self.refusals).try_acquire_owned() {
                 Ok(refusal) => {
@@ -123,8 +129,13 @@ impl Server {
     /// Serves one connection until the client closes it, it idles past
     /// `keepalive_timeout`, it has had `max_requests_per_connection` requests,
     /// it is reclaimed while idle, or shutdown.
-    async fn connection<I>(&self, io: I, addr: SocketAddr, _slot: OwnedSemaphorePermit)
-    where
+    async fn connection<I>(
+        &self,
+        io: I,
+        addr: SocketAddr,
+        _slot: OwnedSemaphorePermit,
+        mut reclaim: watch::Receiver<u64>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
@@ -145,7 +156,7 @@ impl Server {
                     return;
                 }
                 _ = stopping.changed(), if !closing => closing = true,
-                () = self.reclaim.notified(), if !closing => closing = activity.is_idle(),
+                _ = reclaim.changed(), if !closing => closing = activity.is_idle(),
                 _ = tick.tick(), if !closing => {
                     closing = activity.idle_for() >= self.limits.keepalive_timeout
                         || activity.served() >= self.limits.max_requests_per_connection;

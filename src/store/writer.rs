@@ -114,24 +114,29 @@ impl BlobWriter {
         if self.unsynced < WRITEBACK_EVERY {
             return;
         }
-        if let Some(running) = self.writeback.take() {
-            if !running.is_finished() {
-                self.writeback = Some(running);
-                return;
+        if let Some(mut running) = self.writeback.take() {
+            // `unconstrained`: in a long write loop tokio's cooperative budget
+            // can run out, and a plain poll of even a finished task then says
+            // Pending, which was taken for a failed writeback (the commit then
+            // failed as "cannot fsync"). Not ready: look again next batch.
+            match tokio::task::unconstrained(&mut running).now_or_never() {
+                Some(done) => self.note_writeback(done),
+                None => {
+                    self.writeback = Some(running);
+                    return;
+                }
             }
-            self.note_writeback(running.now_or_never());
         }
         self.unsynced = 0;
         let file = Arc::clone(file);
         self.writeback = Some(tokio::task::spawn_blocking(move || file.sync_data()));
     }
 
-    fn note_writeback(&mut self, done: Option<Result<io::Result<()>, tokio::task::JoinError>>) {
+    fn note_writeback(&mut self, done: Result<io::Result<()>, tokio::task::JoinError>) {
         let error = match done {
-            Some(Ok(Ok(()))) => return,
-            Some(Ok(Err(e))) => e,
-            Some(Err(e)) => io::Error::other(e),
-            None => io::Error::other("writeback did not finish"),
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) => io::Error::other(e),
         };
         self.writeback_error.get_or_insert(error);
     }
@@ -158,7 +163,7 @@ impl BlobWriter {
         }
         if let Some(running) = self.writeback.take() {
             let done = running.await;
-            self.note_writeback(Some(done));
+            self.note_writeback(done);
         }
         if let Some(e) = self.writeback_error.take() {
             return Err(Error::io("fsync", &self.temp.path)(e));

@@ -265,7 +265,8 @@ async fn commit(plan: Plan, index: &Index, staging: &mut Staging) -> Result<(usi
             writer
                 .commit(Some(staged.size))
                 .await
-                .map_err(|e| format!("committing {digest}: {e}"))?;
+                // With its cause: "cannot fsync …: No space left on device".
+                .map_err(|e| format!("committing {digest}: {:#}", anyhow::Error::from(e)))?;
             files += 1;
             bytes += staged.size;
         }
