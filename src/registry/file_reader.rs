@@ -15,13 +15,12 @@ use tokio::sync::watch;
 
 use super::Error;
 use super::fill::FillState;
-use crate::store::ReadBuffers;
+use crate::store::Mappings;
+use crate::store::mapped::WINDOW;
 
 /// Bytes read per chunk from a file a fill is still writing (many readers
 /// may follow one fill: each holds at most about two chunks).
 pub(crate) const READ_CHUNK: u64 = 256 * 1024;
-/// Bytes read per chunk from a committed file: one pooled buffer.
-const COMMITTED_READ_CHUNK: u64 = crate::store::READ_BUFFER_SIZE as u64;
 
 /// Reads a byte range of a file that is either complete or still being written
 /// by a fill. A growing file is read up to the published length, waiting for more
@@ -35,12 +34,11 @@ pub(crate) struct FileReader {
     progress: Option<watch::Receiver<FillState>>,
     /// Bytes from offset `pos` already read (by the open), sent before any read.
     prefetched: Bytes,
-    /// Bytes per read: [`READ_CHUNK`] or [`COMMITTED_READ_CHUNK`].
+    /// Bytes per read: [`READ_CHUNK`], or a [`WINDOW`] of a committed file.
     chunk: u64,
-    /// Set when the descriptor is this reader's alone (a committed file it
-    /// opened): it may then move the file offset and read into pooled buffers
-    /// (see [`read_own`]).
-    exclusive: Option<Arc<ReadBuffers>>,
+    /// Set for a committed file: its chunks are mapped windows, not reads
+    /// (`store::mapped`).
+    mapped: Option<Arc<Mappings>>,
     /// The read buffer, reused once the chunk cut from it has been sent: a fresh
     /// 256 KiB allocation per chunk cost page faults and zeroing of new pages
     /// (half the CPU of serving a warm 6 MiB blob, measured with perf).
@@ -49,21 +47,21 @@ pub(crate) struct FileReader {
 
 impl FileReader {
     /// A committed file of `len` bytes whose first bytes, `head`, were read
-    /// when it was opened.
+    /// or mapped when it was opened; the rest is mapped window by window.
     pub(crate) fn complete(
-        file: std::fs::File,
+        file: Arc<std::fs::File>,
         len: u64,
         head: Bytes,
-        buffers: Arc<ReadBuffers>,
+        mappings: Arc<Mappings>,
     ) -> Self {
         Self {
-            file: Arc::new(file),
+            file,
             pos: 0,
             end: len,
             progress: None,
             prefetched: head,
-            chunk: COMMITTED_READ_CHUNK,
-            exclusive: Some(buffers),
+            chunk: WINDOW,
+            mapped: Some(mappings),
             buffer: BytesMut::new(),
         }
     }
@@ -80,7 +78,7 @@ impl FileReader {
             progress: Some(progress),
             prefetched: Bytes::new(),
             chunk: READ_CHUNK,
-            exclusive: None,
+            mapped: None,
             buffer: BytesMut::new(),
         }
     }
@@ -141,9 +139,9 @@ impl FileReader {
         let len = (available.min(self.end) - self.pos).min(self.chunk) as usize;
         let file = Arc::clone(&self.file);
         let pos = self.pos;
-        if let Some(buffers) = &self.exclusive {
-            let buffers = Arc::clone(buffers);
-            let chunk = tokio::task::spawn_blocking(move || read_own(&file, pos, len, &buffers))
+        if let Some(mappings) = &self.mapped {
+            let mappings = Arc::clone(mappings);
+            let chunk = tokio::task::spawn_blocking(move || mappings.map_blocking(&file, pos, len))
                 .await
                 .map_err(io::Error::other)??;
             self.pos += chunk.len() as u64;
@@ -215,22 +213,6 @@ impl FileReader {
     }
 }
 
-/// Reads `len` bytes at `pos` through the file offset of a descriptor no one
-/// else reads, into a pooled buffer's spare capacity: no zeroing (which
-/// `read_exact_at` needs, a tenth of the CPU of a warm 6 MiB blob under perf)
-/// and no fresh pages.
-fn read_own(
-    file: &std::fs::File,
-    pos: u64,
-    len: usize,
-    buffers: &Arc<ReadBuffers>,
-) -> io::Result<Bytes> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = file;
-    file.seek(SeekFrom::Start(pos))?;
-    buffers.read_exact(file, len)
-}
-
 /// What a reader of a fill may read next.
 enum Available {
     /// The file may be read up to this offset.
@@ -256,7 +238,7 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&content).unwrap();
         let prefetched = Bytes::copy_from_slice(&content[..head]);
-        let reader = FileReader::complete(file, len as u64, prefetched, Arc::default());
+        let reader = FileReader::complete(Arc::new(file), len as u64, prefetched, Arc::default());
         (content, reader)
     }
 

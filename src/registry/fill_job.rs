@@ -151,10 +151,7 @@ impl FillJob {
             .local
             .linked_file(&self.route.key, &self.repo, &self.digest)
             .await?;
-        Ok(committed.map(|(size, file)| FillState::Committed {
-            size,
-            file: Arc::new(file),
-        }))
+        Ok(committed.map(|(size, file)| FillState::Committed { size, file }))
     }
 
     /// Writes one batch of body bytes to the temp file and publishes the new

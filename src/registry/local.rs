@@ -125,6 +125,10 @@ impl Local {
         &self.evictor
     }
 
+    pub(super) fn mappings(&self) -> Arc<store::Mappings> {
+        Arc::clone(self.store.mappings())
+    }
+
     /// The index answers a query and the store's directories are there.
     pub(super) async fn ready(&self) -> Result<(), Error> {
         self.index.ping().await?;
@@ -181,8 +185,8 @@ impl Local {
         if open.len == open.head.len() as u64 {
             self.cache.set_small_blob(digest, open.head.clone()).await;
         }
-        let buffers = Arc::clone(self.store.read_buffers());
-        let reader = FileReader::complete(open.file, open.len, open.head, buffers);
+        let mappings = Arc::clone(self.store.mappings());
+        let reader = FileReader::complete(open.file, open.len, open.head, mappings);
         Ok(Some(LocalBlob::File(reader)))
     }
 
@@ -193,7 +197,7 @@ impl Local {
         upstream: &UpstreamKey,
         repo: &RepoName,
         digest: &Digest,
-    ) -> Result<Option<(u64, std::fs::File)>, Error> {
+    ) -> Result<Option<(u64, Arc<std::fs::File>)>, Error> {
         if self.blob_size(digest).await?.is_none()
             || !self.is_linked(upstream, repo, digest).await?
         {

@@ -24,8 +24,8 @@
 //! guarantees lower-case hex of the exact length), never publish unverified bytes,
 //! and holds no SQL: `reconcile` talks to the index only through its API.
 
-mod buffers;
 mod error;
+pub mod mapped;
 mod reconcile;
 mod writer;
 
@@ -37,8 +37,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
-pub use buffers::{READ_BUFFER_SIZE, ReadBuffers};
 pub use error::Error;
+pub use mapped::Mappings;
 pub use reconcile::{ReconcileReport, reconcile};
 pub use writer::BlobWriter;
 
@@ -49,7 +49,7 @@ use crate::oci::Digest;
 pub struct Store {
     blobs: Arc<Path>,
     tmp: Arc<Path>,
-    buffers: Arc<ReadBuffers>,
+    mappings: Arc<Mappings>,
 }
 
 impl Store {
@@ -69,7 +69,7 @@ impl Store {
         Ok(Store {
             blobs: blobs.into(),
             tmp: tmp.into(),
-            buffers: Arc::default(),
+            mappings: Arc::default(),
         })
     }
 
@@ -83,7 +83,7 @@ impl Store {
         Ok(Store {
             blobs: blobs.into(),
             tmp: tmp.into(),
-            buffers: Arc::default(),
+            mappings: Arc::default(),
         })
     }
 
@@ -144,10 +144,11 @@ impl Store {
             .join(hex)
     }
 
-    /// Opens committed content for reading and reads its first `head` bytes (or
-    /// all of it, if shorter) in the same blocking call: a small blob is then
-    /// served with one trip to the blocking pool instead of three (open, stat,
-    /// read). `None` if nothing was committed under this digest.
+    /// Opens committed content for reading in one blocking call: a file of at
+    /// most `head` bytes is read whole (a small blob is served with one trip to
+    /// the blocking pool instead of three: open, stat, read), a larger one has
+    /// its first window mapped ([`mapped`]; none if `head` is 0). `None` if
+    /// nothing was committed under this digest.
     pub async fn open_blob_with_head(
         &self,
         digest: &Digest,
@@ -155,8 +156,8 @@ impl Store {
     ) -> Result<Option<OpenBlob>, Error> {
         let path = self.blob_path(digest);
         let opening = path.clone();
-        let buffers = Arc::clone(&self.buffers);
-        tokio::task::spawn_blocking(move || OpenBlob::open(&opening, head, &buffers))
+        let mappings = Arc::clone(&self.mappings);
+        tokio::task::spawn_blocking(move || OpenBlob::open(&opening, head, &mappings))
             .await
             .map_err(|e| Error::io("open", &path)(io::Error::other(e)))?
     }
@@ -199,9 +200,10 @@ impl Store {
         .map_err(|e| Error::io("stat", &self.blobs)(io::Error::other(e)))?
     }
 
-    /// The pool that reads of committed files take their buffers from.
-    pub fn read_buffers(&self) -> &Arc<ReadBuffers> {
-        &self.buffers
+    /// The live windows of committed files (blob hits map them; a plain TCP
+    /// connection sends them with sendfile).
+    pub fn mappings(&self) -> &Arc<Mappings> {
+        &self.mappings
     }
 
     /// Reads a whole small file (a manifest), `None` if absent; an error if it is
@@ -407,23 +409,24 @@ mod tests {
     }
 }
 
-/// A committed blob opened for reading, with its first bytes already read.
+/// A committed blob opened for reading, with its first bytes already at hand.
 #[derive(Debug)]
 pub struct OpenBlob {
-    pub file: std::fs::File,
+    pub file: Arc<std::fs::File>,
     pub len: u64,
-    /// Bytes `0..head.len()` of the file.
+    /// Bytes `0..head.len()` of the file: all of a small one (read), the first
+    /// window of a larger one (mapped).
     pub head: Bytes,
 }
 
 impl OpenBlob {
-    /// Opens `path` and reads its first `head` bytes (at most
-    /// [`READ_BUFFER_SIZE`]): a whole file into an allocation of its own, as it
-    /// may be kept in memory, the head of a larger one into a pooled buffer.
-    fn open(path: &Path, head: u64, buffers: &Arc<ReadBuffers>) -> Result<Option<Self>, Error> {
+    /// Opens `path`; reads it whole if it has at most `head` bytes (into an
+    /// allocation of its own, as it may be kept in memory), else maps its first
+    /// window if `head` is not 0.
+    fn open(path: &Path, head: u64, mappings: &Arc<Mappings>) -> Result<Option<Self>, Error> {
         use std::os::unix::fs::FileExt;
         let file = match std::fs::File::open(path) {
-            Ok(file) => file,
+            Ok(file) => Arc::new(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("open", path)(e)),
         };
@@ -436,10 +439,10 @@ impl OpenBlob {
                 .map_err(Error::io("read", path))?;
             Bytes::from(buf)
         } else {
-            // A fresh descriptor reads from offset 0.
-            buffers
-                .read_exact(&file, head.min(READ_BUFFER_SIZE as u64) as usize)
-                .map_err(Error::io("read", path))?
+            let window = len.min(mapped::WINDOW) as usize;
+            mappings
+                .map_blocking(&file, 0, window)
+                .map_err(Error::io("map", path))?
         };
         Ok(Some(Self { file, len, head }))
     }

@@ -30,6 +30,8 @@ mod failfast;
 mod faults;
 /// Single-flight fills and coalescing: herds on a blob or a tag, failed and resumed fills, slow and departed readers, ranges.
 mod herd;
+/// Blob hits sent from their file with sendfile over plain HTTP: exact bytes, ranges, HTTP/2, the counter.
+mod hit_path;
 /// skopeo, containerd and podman pulling through regcache from docker-registry and the k8s-like fake.
 mod interop;
 /// `/metrics` parsed by a Prometheus parser after a miss, a hit, a herd, a stale answer and an eviction; `stats` agrees; `metrics_listen`.

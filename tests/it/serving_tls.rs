@@ -80,6 +80,52 @@ async fn serves_http2_by_alpn_and_http11_otherwise() {
     );
 }
 
+/// Blob hits over TLS read their mapped windows (rustls encrypts them):
+/// exact bytes over HTTP/2 and HTTP/1.1, a range across windows, and nothing
+/// sent with sendfile (which cannot encrypt).
+#[tokio::test]
+async fn a_blob_hit_over_tls_has_the_exact_bytes_and_no_sendfile() {
+    let fake = FakeUpstream::k8s_like();
+    let content = crate::support::random_bytes(9 * 1024 * 1024 + 7);
+    let digest = fake.put_blob("zero/tls", content.clone());
+    let ca = TestCa::new("hits");
+    let dir = tempfile::tempdir().unwrap();
+    let rc = tls_regcache(&ca, dir.path(), &fake.url());
+    let url = https(&rc, &format!("/v2/zero/tls/blobs/{digest}"));
+    for http1 in [false, true, false] {
+        let client = client_for(&ca, http1);
+        let body = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(body == content, "http1={http1}: the bytes differ");
+        let (start, end) = (4 * 1024 * 1024 - 3, 8 * 1024 * 1024 + 3);
+        let ranged = client
+            .get(&url)
+            .header("range", format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+        assert!(ranged.bytes().await.unwrap() == content[start..=end]);
+    }
+    assert_eq!(fake.sent(&digest), content.len() as u64);
+    let metrics = client_for(&ca, true)
+        .get(https(&rc, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = crate::support::prometheus::Metrics::parse(metrics);
+    assert_eq!(metrics.value("regcache_sendfile_bytes_total", &[]), 0.0);
+}
+
 #[tokio::test]
 async fn a_key_that_does_not_match_its_certificate_stops_the_start() {
     let ca = TestCa::new("mismatch");
