@@ -21,12 +21,12 @@ mod status_page;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method};
+use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http::{HeaderName, HeaderValue, StatusCode, header};
+use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use endpoint::Endpoint;
@@ -49,35 +49,45 @@ pub fn router(
     gate: Option<Arc<auth::Gate>>,
     observed: Option<Observed>,
 ) -> Router {
+    // Each `Router::layer` call boxes every route once more, and a request
+    // clones the boxes of every level: the layers of a route go in one
+    // `ServiceBuilder` stack, applied once (14 allocations per manifest hit
+    // were clones of nested boxes).
+    let limited = || axum::middleware::from_fn(limits::check);
     let pages = match observed {
-        Some(observed) => status::routes(observed).layer(axum::middleware::from_fn_with_state(
-            gate.clone(),
-            auth::check,
-        )),
+        Some(observed) => {
+            status::routes(observed).layer(ServiceBuilder::new().layer(limited()).layer(
+                axum::middleware::from_fn_with_state(gate.clone(), auth::check),
+            ))
+        }
         None => Router::new(),
     };
     let probes = Router::new()
         .route(health::HEALTHZ, get(health::healthz))
         .route(health::READYZ, get(health::readyz))
-        .with_state(Arc::clone(&registry));
+        .with_state(Arc::clone(&registry))
+        .layer(limited());
     Router::new()
         .route("/v2", any(version_check))
         .route("/v2/", any(version_check))
         .route("/v2/{*rest}", any(dispatch))
         .fallback(|| async { ApiError::not_found() })
         .with_state(registry)
-        .layer(axum::middleware::from_fn_with_state(gate, auth::check))
-        .layer(axum::middleware::from_fn_with_state(
-            counters,
-            access_log::log_requests,
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("docker-distribution-api-version"),
-            HeaderValue::from_static("registry/2.0"),
-        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(limited())
+                .layer(SetResponseHeaderLayer::overriding(
+                    HeaderName::from_static("docker-distribution-api-version"),
+                    HeaderValue::from_static("registry/2.0"),
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    counters,
+                    access_log::log_requests,
+                ))
+                .layer(axum::middleware::from_fn_with_state(gate, auth::check)),
+        )
         .merge(probes)
         .merge(pages)
-        .layer(axum::middleware::from_fn(limits::check))
 }
 
 /// `/metrics` and the status page alone, for `server.metrics_listen`.
@@ -102,17 +112,17 @@ async fn version_check(method: Method) -> Response {
         .into_response()
 }
 
-async fn dispatch(
-    State(registry): State<Arc<Registry>>,
-    method: Method,
-    rest: Result<Path<String>, PathRejection>,
-    RawQuery(raw_query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    if !is_read(&method) {
+/// Every request under `/v2/` but the version check. It borrows the method,
+/// path, query and headers from the request instead of extracting copies
+/// (a manifest hit is a few microseconds: allocations show).
+async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
+    let method = request.method();
+    if !is_read(method) {
         return ApiError::unsupported().into_response();
     }
-    let Ok(Path(rest)) = rest else {
+    let path = request.uri().path();
+    let rest = path.strip_prefix("/v2/").unwrap_or(path);
+    let Ok(rest) = percent_encoding::percent_decode_str(rest).decode_utf8() else {
         // Percent-encoding that does not decode to UTF-8 cannot be a valid name.
         return ApiError::name_invalid("path is not valid percent-encoded UTF-8".into())
             .into_response();
@@ -121,8 +131,8 @@ async fn dispatch(
         Ok(endpoint) => endpoint,
         Err(e) => return e.into_response(),
     };
-    let query = handlers::Query::parse(raw_query.as_deref());
-    handlers::serve(&registry, &method, endpoint, &query, &headers).await
+    let query = handlers::Query::parse(request.uri().query());
+    handlers::serve(&registry, method, endpoint, &query, request.headers()).await
 }
 
 fn is_read(method: &Method) -> bool {
