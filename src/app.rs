@@ -18,7 +18,6 @@ use crate::metrics::{History, Observed};
 use crate::ops::admin::AdminSocket;
 use crate::ops::server_stats::StatsWriter;
 use crate::registry::Registry;
-use crate::socket::ZeroCopyListener;
 use crate::store::{self, Store};
 use crate::users::Users;
 
@@ -111,14 +110,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(addr) => (None, Some(serve_metrics(addr, observed).await?)),
         None => (Some(observed), None),
     };
-    let mappings = registry.mappings();
     let app = crate::api::router(registry, counters, gate, on_main);
     match certificate {
-        None => {
-            // Blob hits over plain TCP go out with sendfile (`socket`).
-            let listener = ZeroCopyListener::new(PlainListener::new(listener), mappings);
-            serve(listener, app, config.connections).await;
-        }
+        None => serve(PlainListener::new(listener), app, config.connections).await,
         Some(certificate) => {
             let watcher = tokio::spawn(Arc::clone(&certificate).watch());
             let listener = TlsListener::new(listener, certificate.server_config())?;

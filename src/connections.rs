@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -176,7 +175,7 @@ impl Server {
         activity: Arc<Activity>,
     ) -> impl hyper::service::Service<
         http::Request<Incoming>,
-        Response = http::Response<axum::body::Body>,
+        Response = http::Response<Tracked>,
         Error = std::convert::Infallible,
         Future = RouterFuture,
     > + Clone {
@@ -191,13 +190,8 @@ impl Server {
             let app = app.clone();
             Box::pin(async move {
                 let Ok(response) = app.oneshot(request.map(axum::body::Body::new)).await;
-                let mut response = response.map(|body| {
-                    // The request counts as in flight until its body is sent.
-                    axum::body::Body::new(body.map_frame(move |frame| {
-                        let _ = &busy;
-                        frame
-                    }))
-                });
+                // The request counts as in flight until its body is sent.
+                let mut response = response.map(|body| Tracked { body, _busy: busy });
                 if last {
                     response.headers_mut().insert(
                         http::header::CONNECTION,
@@ -250,11 +244,37 @@ impl Server {
 }
 
 type RouterFuture = std::pin::Pin<
-    Box<
-        dyn Future<Output = Result<http::Response<axum::body::Body>, std::convert::Infallible>>
-            + Send,
-    >,
+    Box<dyn Future<Output = Result<http::Response<Tracked>, std::convert::Infallible>> + Send>,
 >;
+
+/// A response body that keeps its request in flight until it is dropped
+/// (sent or abandoned): a plain wrapper, not another boxed body, forwarding
+/// the end of stream and the size hint.
+#[derive(Debug)]
+pub struct Tracked {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// How often a connection checks its idle time: often enough to close it
 /// within a quarter of the timeout of when it should.
@@ -272,6 +292,7 @@ struct Activity {
 }
 
 /// A request in flight; the connection is idle again when the last is dropped.
+#[derive(Debug)]
 struct Busy {
     activity: Arc<Activity>,
     /// 1 for the connection's first request.

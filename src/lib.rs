@@ -21,7 +21,6 @@ pub mod oci;
 pub mod ops;
 pub mod registry;
 pub mod scan;
-pub mod socket;
 pub mod store;
 pub mod upstream;
 pub mod users;

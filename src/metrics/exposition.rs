@@ -213,13 +213,6 @@ impl Scrape {
         let disk = &self.activity.disk;
         counter(
             encoder,
-            "sendfile",
-            "Bytes of blob hits sent from their file with sendfile(2) (plain HTTP), not copied through memory.",
-            Some(&Unit::Bytes),
-            self.activity.sendfile_bytes,
-        )?;
-        counter(
-            encoder,
             "evictions",
             "Content evicted by the disk budget (passes and `regcache gc` through the server).",
             None,

@@ -20,8 +20,6 @@ pub struct Activity {
     pub disk: DiskUsage,
     /// Repositories with the most linked bytes, most first.
     pub largest_repositories: Vec<RepoUsage>,
-    /// Bytes of blob hits sent with sendfile (plain HTTP) since start.
-    pub sendfile_bytes: u64,
 }
 
 /// One configured upstream's traffic since start.
@@ -59,7 +57,6 @@ impl Registry {
             upstreams,
             disk,
             largest_repositories,
-            sendfile_bytes: self.local.mappings().bytes_sent_from_files(),
         })
     }
 }

@@ -15,8 +15,7 @@ use tokio::sync::watch;
 
 use super::Error;
 use super::fill::FillState;
-use crate::store::Mappings;
-use crate::store::mapped::WINDOW;
+use crate::store::mapped::{self, WINDOW};
 
 /// Bytes read per chunk from a file a fill is still writing (many readers
 /// may follow one fill: each holds at most about two chunks).
@@ -38,7 +37,7 @@ pub(crate) struct FileReader {
     chunk: u64,
     /// Set for a committed file: its chunks are mapped windows, not reads
     /// (`store::mapped`).
-    mapped: Option<Arc<Mappings>>,
+    mapped: bool,
     /// The read buffer, reused once the chunk cut from it has been sent: a fresh
     /// 256 KiB allocation per chunk cost page faults and zeroing of new pages
     /// (half the CPU of serving a warm 6 MiB blob, measured with perf).
@@ -48,12 +47,7 @@ pub(crate) struct FileReader {
 impl FileReader {
     /// A committed file of `len` bytes whose first bytes, `head`, were read
     /// or mapped when it was opened; the rest is mapped window by window.
-    pub(crate) fn complete(
-        file: Arc<std::fs::File>,
-        len: u64,
-        head: Bytes,
-        mappings: Arc<Mappings>,
-    ) -> Self {
+    pub(crate) fn complete(file: Arc<std::fs::File>, len: u64, head: Bytes) -> Self {
         Self {
             file,
             pos: 0,
@@ -61,7 +55,7 @@ impl FileReader {
             progress: None,
             prefetched: head,
             chunk: WINDOW,
-            mapped: Some(mappings),
+            mapped: true,
             buffer: BytesMut::new(),
         }
     }
@@ -78,7 +72,7 @@ impl FileReader {
             progress: Some(progress),
             prefetched: Bytes::new(),
             chunk: READ_CHUNK,
-            mapped: None,
+            mapped: false,
             buffer: BytesMut::new(),
         }
     }
@@ -139,9 +133,8 @@ impl FileReader {
         let len = (available.min(self.end) - self.pos).min(self.chunk) as usize;
         let file = Arc::clone(&self.file);
         let pos = self.pos;
-        if let Some(mappings) = &self.mapped {
-            let mappings = Arc::clone(mappings);
-            let chunk = tokio::task::spawn_blocking(move || mappings.map_blocking(&file, pos, len))
+        if self.mapped {
+            let chunk = tokio::task::spawn_blocking(move || mapped::window(&file, pos, len))
                 .await
                 .map_err(io::Error::other)??;
             self.pos += chunk.len() as u64;
@@ -238,7 +231,7 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&content).unwrap();
         let prefetched = Bytes::copy_from_slice(&content[..head]);
-        let reader = FileReader::complete(Arc::new(file), len as u64, prefetched, Arc::default());
+        let reader = FileReader::complete(Arc::new(file), len as u64, prefetched);
         (content, reader)
     }
 

@@ -125,10 +125,6 @@ impl Local {
         &self.evictor
     }
 
-    pub(super) fn mappings(&self) -> Arc<store::Mappings> {
-        Arc::clone(self.store.mappings())
-    }
-
     /// The index answers a query and the store's directories are there.
     pub(super) async fn ready(&self) -> Result<(), Error> {
         self.index.ping().await?;
@@ -185,8 +181,7 @@ impl Local {
         if open.len == open.head.len() as u64 {
             self.cache.set_small_blob(digest, open.head.clone()).await;
         }
-        let mappings = Arc::clone(self.store.mappings());
-        let reader = FileReader::complete(open.file, open.len, open.head, mappings);
+        let reader = FileReader::complete(open.file, open.len, open.head);
         Ok(Some(LocalBlob::File(reader)))
     }
 

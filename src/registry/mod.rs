@@ -114,12 +114,6 @@ impl Registry {
         self.local.evictor()
     }
 
-    /// The mapped windows blob hits are served from (for a plain TCP
-    /// listener's sendfile, `socket`).
-    pub fn mappings(&self) -> Arc<crate::store::Mappings> {
-        self.local.mappings()
-    }
-
     /// The upstream a request for `name` goes to and the repository name it has
     /// there (see `routes`): by `ns` (containerd's `?ns=`), else by a path
     /// prefix naming an upstream, else the default. The table is closed: an

@@ -38,7 +38,6 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 pub use error::Error;
-pub use mapped::Mappings;
 pub use reconcile::{ReconcileReport, reconcile};
 pub use writer::BlobWriter;
 
@@ -49,7 +48,6 @@ use crate::oci::Digest;
 pub struct Store {
     blobs: Arc<Path>,
     tmp: Arc<Path>,
-    mappings: Arc<Mappings>,
 }
 
 impl Store {
@@ -69,7 +67,6 @@ impl Store {
         Ok(Store {
             blobs: blobs.into(),
             tmp: tmp.into(),
-            mappings: Arc::default(),
         })
     }
 
@@ -83,7 +80,6 @@ impl Store {
         Ok(Store {
             blobs: blobs.into(),
             tmp: tmp.into(),
-            mappings: Arc::default(),
         })
     }
 
@@ -156,8 +152,7 @@ impl Store {
     ) -> Result<Option<OpenBlob>, Error> {
         let path = self.blob_path(digest);
         let opening = path.clone();
-        let mappings = Arc::clone(&self.mappings);
-        tokio::task::spawn_blocking(move || OpenBlob::open(&opening, head, &mappings))
+        tokio::task::spawn_blocking(move || OpenBlob::open(&opening, head))
             .await
             .map_err(|e| Error::io("open", &path)(io::Error::other(e)))?
     }
@@ -198,12 +193,6 @@ impl Store {
         })
         .await
         .map_err(|e| Error::io("stat", &self.blobs)(io::Error::other(e)))?
-    }
-
-    /// The live windows of committed files (blob hits map them; a plain TCP
-    /// connection sends them with sendfile).
-    pub fn mappings(&self) -> &Arc<Mappings> {
-        &self.mappings
     }
 
     /// Reads a whole small file (a manifest), `None` if absent; an error if it is
@@ -423,7 +412,7 @@ impl OpenBlob {
     /// Opens `path`; reads it whole if it has at most `head` bytes (into an
     /// allocation of its own, as it may be kept in memory), else maps its first
     /// window if `head` is not 0.
-    fn open(path: &Path, head: u64, mappings: &Arc<Mappings>) -> Result<Option<Self>, Error> {
+    fn open(path: &Path, head: u64) -> Result<Option<Self>, Error> {
         use std::os::unix::fs::FileExt;
         let file = match std::fs::File::open(path) {
             Ok(file) => Arc::new(file),
@@ -440,9 +429,7 @@ impl OpenBlob {
             Bytes::from(buf)
         } else {
             let window = len.min(mapped::WINDOW) as usize;
-            mappings
-                .map_blocking(&file, 0, window)
-                .map_err(Error::io("map", path))?
+            mapped::window(&file, 0, window).map_err(Error::io("map", path))?
         };
         Ok(Some(Self { file, len, head }))
     }

@@ -147,6 +147,17 @@ async fn bad_input_is_rejected_without_touching_disk_or_upstream() {
                 .any(|(k, v)| k == "docker-distribution-api-version" && v == "registry/2.0"),
             "{target}"
         );
+        // An error body has a known size: a Content-Length, never chunked.
+        let length = headers.iter().find(|(k, _)| k == "content-length");
+        assert_eq!(
+            length.map(|(_, v)| v.parse::<usize>().unwrap()),
+            Some(body.len()),
+            "{target}: {headers:?}"
+        );
+        assert!(
+            !headers.iter().any(|(k, _)| k == "transfer-encoding"),
+            "{target}: {headers:?}"
+        );
     }
     assert_eq!(fake.total_hits(), 0, "bad input went upstream");
     let after = tree(&parent);

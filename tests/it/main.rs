@@ -30,7 +30,7 @@ mod failfast;
 mod faults;
 /// Single-flight fills and coalescing: herds on a blob or a tag, failed and resumed fills, slow and departed readers, ranges.
 mod herd;
-/// Blob hits sent from their file with sendfile over plain HTTP: exact bytes, ranges, HTTP/2, the counter.
+/// Blob hits from mapped windows of their file: exact bytes, ranges across windows, HTTP/2, many at once.
 mod hit_path;
 /// skopeo, containerd and podman pulling through regcache from docker-registry and the k8s-like fake.
 mod interop;
