@@ -279,6 +279,8 @@ fn soak(args: &Args, runtime: &tokio::runtime::Runtime) -> ExitCode {
             panics: panics.load(Ordering::Relaxed),
             disk_max: watched.disk_max,
             pid_cpu: rows.last().map_or(0.0, |r| r.cpu),
+            bench_cpu: watch::cpu_seconds(std::process::id()).unwrap_or(0.0),
+            origin_cpu: watch::cpu_seconds(origin.pid()).unwrap_or(0.0),
             log: &log_path,
         },
     );
@@ -443,6 +445,9 @@ struct Ending<'a> {
     panics: u64,
     disk_max: u64,
     pid_cpu: f64,
+    /// This process: the clients (hashing every body) and the fault proxy.
+    bench_cpu: f64,
+    origin_cpu: f64,
     log: &'a Path,
 }
 
@@ -574,6 +579,10 @@ fn summary(
             fmt(end.pid_cpu),
             end.pid_cpu * 100.0 / seconds
         ),
+    );
+    row(
+        "bench CPU (clients, fault proxy; seeding included) / origin CPU",
+        format!("{} s / {} s", fmt(end.bench_cpu), fmt(end.origin_cpu)),
     );
     row("panics in regcache's log", end.panics.to_string());
     row(
