@@ -77,6 +77,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// How the process ended, once it has (without waiting).
+    #[allow(dead_code)] // the soak bench's; peers.rs does not watch for exits
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGTERM (nginx: fast shutdown, the master stops its workers and waits
     /// for them), then up to 5 s for the process to exit.
     fn terminate(&mut self) {
@@ -402,6 +408,30 @@ pub fn regcache(bin: &Path, data: &Path, upstream: &str, tls: Option<&BenchCert>
     }
     proc.wait_v2();
     proc
+}
+
+/// A regcache binary whose settings are all in the config file `config`
+/// (the soak bench's budget, TTLs and timeouts), logging at `rust_log`. The
+/// receiver gets every output line after the start-up line, for a caller that
+/// keeps the whole log (the [`Proc`] keeps only its tail).
+#[allow(dead_code)] // the soak bench's
+pub fn regcache_configured(
+    bin: &Path,
+    config: &Path,
+    rust_log: &str,
+) -> (Proc, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1");
+    let (mut proc, lines) = Proc::spawn("regcache", cmd, loopback(0));
+    proc.addr = wait_listening(&mut proc, &lines);
+    proc.wait_v2();
+    (proc, lines)
 }
 
 fn wait_listening(proc: &mut Proc, lines: &mpsc::Receiver<String>) -> SocketAddr {
