@@ -23,6 +23,7 @@ mod referrers;
 mod revalidate;
 mod routes;
 mod scrub;
+mod tail;
 
 use std::sync::Arc;
 

@@ -3,14 +3,48 @@
 //! otherwise): a warning at start, a blob larger than the free space streamed
 //! whole to its client without being cached (never an abort on ENOSPC), and
 //! the next blob that fits cached again; on a full disk, manifests and blobs
-//! still served (uncached), never a 500.
+//! still served (uncached), never a 500. A disk that fills up during a fill
+//! (ENOSPC after admission) passes the rest of the blob to its client, whole
+//! and verified, leaves nothing behind, and the next pull caches it; a body
+//! without Content-Length checks the free space as it arrives.
 //!
 //! Talks only to loopback; the tmpfs and every server are dropped by the test.
 
+use std::path::{Path, PathBuf};
+
 use crate::support::fake::FakeUpstream;
+use crate::support::prometheus::Metrics;
 use crate::support::regcache::Regcache;
 use crate::support::tmpfs::Tmpfs;
-use crate::support::{blob_file, config_toml, pull, seed_image};
+use crate::support::{blob_file, config_toml, pull, seed_image, tmp_files, wait_for};
+
+const MIB: usize = 1024 * 1024;
+
+/// A regcache whose data directory is on `tmpfs`, with a `max_size` far
+/// larger than it (so only the file system limits what is cached).
+fn on_tmpfs(tmpfs: &Tmpfs, fake: &FakeUpstream) -> (Regcache, PathBuf) {
+    let text = config_toml(&fake.url(), "5m").replacen(
+        "[storage]\n",
+        "[storage]\nmax_size = \"1GiB\"\n",
+        1,
+    );
+    let data = tmpfs.path().join("data");
+    let regcache = Regcache::builder()
+        .config_toml(text)
+        .data_dir(&data)
+        .start();
+    (regcache, data)
+}
+
+/// Whether the index holds a content row for `digest` (read with SQLite).
+fn indexed(data: &Path, digest: &str) -> bool {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(data.join("index.db"), flags).unwrap();
+    conn.query_row("SELECT 1 FROM content WHERE digest = ?1", [digest], |_| {
+        Ok(())
+    })
+    .is_ok()
+}
 
 /// Writes a file in `dir` until the file system is full.
 fn fill_up(dir: &std::path::Path) {
@@ -29,16 +63,7 @@ async fn a_disk_smaller_than_max_size_passes_big_blobs_through_and_caches_the_re
     let fake = FakeUpstream::k8s_like();
     let big = seed_image(&fake, "big", "1", 12 * 1024 * 1024);
     let small = seed_image(&fake, "small", "1", 1024 * 1024);
-    let text = config_toml(&fake.url(), "5m").replacen(
-        "[storage]\n",
-        "[storage]\nmax_size = \"1GiB\"\n",
-        1,
-    );
-    let data = tmpfs.path().join("data");
-    let regcache = Regcache::builder()
-        .config_toml(text)
-        .data_dir(&data)
-        .start();
+    let (regcache, data) = on_tmpfs(&tmpfs, &fake);
     regcache.wait_for_log("larger than the file system");
 
     pull(&regcache.url(), &big).await;
@@ -57,5 +82,99 @@ async fn a_disk_smaller_than_max_size_passes_big_blobs_through_and_caches_the_re
     let late = seed_image(&fake, "late", "1", 256 * 1024);
     pull(&regcache.url(), &late).await;
     assert!(!blob_file(&data, &late.layer().digest).exists());
+    drop(regcache);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_during_a_fill_passes_the_blob_through_then_caches_it_next_time() {
+    let Some(tmpfs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let fake = FakeUpstream::k8s_like();
+    let image = seed_image(&fake, "grows", "1", 6 * MIB);
+    let layer = image.layer().digest.clone();
+    let (regcache, data) = on_tmpfs(&tmpfs, &fake);
+
+    // Admitted with room to spare; half-way the disk fills up (a ballast).
+    fake.pause_after(&layer, 3 * MIB as u64);
+    let pulling = tokio::spawn({
+        let (url, image) = (regcache.url(), image.clone());
+        async move { pull(&url, &image).await }
+    });
+    wait_for("half the layer sent", || {
+        fake.sent(&layer) >= 3 * MIB as u64
+    })
+    .await;
+    fill_up(tmpfs.path());
+    fake.resume(&layer);
+    // 200, every byte, hashing to the digest (asserted by `pull`).
+    pulling
+        .await
+        .expect("the pull through a disk that filled up");
+    regcache.wait_for_log("passing the rest to its readers uncached");
+    let log = regcache.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&layer) && l.contains("available=")),
+        "a warning names the digest and the free space:\n{log}"
+    );
+    let downloaded = fake.sent(&layer);
+    assert_eq!(downloaded, image.layer().bytes.len() as u64, "one download");
+    println!("upstream bytes for a pull through a disk that filled up: {downloaded}");
+
+    wait_for("the fill's temp file gone", || tmp_files(&data).is_empty()).await;
+    assert!(!blob_file(&data, &layer).exists());
+    assert!(!indexed(&data, &layer));
+    let metrics = Metrics::scrape(&regcache.url()).await;
+    assert_eq!(
+        metrics.value("regcache_fills_passed_disk_full_total", &[]),
+        1.0
+    );
+
+    // Room again: the next pull caches the layer (one more upstream GET)...
+    std::fs::remove_file(tmpfs.path().join("filler")).unwrap();
+    let gets = fake.storage_gets(&layer).len();
+    pull(&regcache.url(), &image).await;
+    assert_eq!(fake.storage_gets(&layer).len(), gets + 1);
+    wait_for("the layer cached", || indexed(&data, &layer)).await;
+    assert!(blob_file(&data, &layer).exists());
+    // ...and the one after is a hit that asks the upstream nothing.
+    let requests = fake.total_hits();
+    pull(&regcache.url(), &image).await;
+    assert_eq!(fake.total_hits(), requests);
+    drop(regcache);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_without_content_length_checks_the_free_space_as_it_arrives() {
+    let Some(tmpfs) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let fake = FakeUpstream::k8s_like();
+    let image = seed_image(&fake, "chunked", "1", 12 * MIB);
+    let layer = image.layer().digest.clone();
+    let (regcache, data) = on_tmpfs(&tmpfs, &fake);
+    fake.set_no_content_length(true);
+
+    pull(&regcache.url(), &image).await;
+    regcache.wait_for_log(
+        "no room in the budget or on the disk for more of a blob without Content-Length",
+    );
+    assert!(
+        !regcache.log().contains("No space left on device"),
+        "the fill stopped writing before the disk was full"
+    );
+    assert_eq!(fake.sent(&layer), image.layer().bytes.len() as u64);
+    wait_for("the fill's temp file gone", || tmp_files(&data).is_empty()).await;
+    assert!(!blob_file(&data, &layer).exists());
+    assert!(!indexed(&data, &layer));
+
+    // A chunked blob that fits is cached.
+    let small = seed_image(&fake, "chunked-small", "1", MIB);
+    pull(&regcache.url(), &small).await;
+    wait_for("the small layer cached", || {
+        indexed(&data, &small.layer().digest)
+    })
+    .await;
     drop(regcache);
 }
