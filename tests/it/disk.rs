@@ -178,3 +178,74 @@ async fn a_body_without_content_length_checks_the_free_space_as_it_arrives() {
     .await;
     drop(regcache);
 }
+
+/// GETs `url` and returns the status and what the body hashed to (or why it
+/// broke).
+async fn get_hashed(url: String) -> (u16, Result<String, String>) {
+    let response = crate::support::client().get(&url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(|e| format!("{e:?}"));
+    (status, body.map(|b| crate::support::sha256(&b)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_attached_before_the_disk_filled_and_after_all_get_the_whole_blob() {
+    let Some(tmpfs) = Tmpfs::mount("24m") else {
+        return;
+    };
+    let fake = FakeUpstream::k8s_like();
+    let image = seed_image(&fake, "many", "1", 8 * MIB);
+    let layer = image.layer().digest.clone();
+    let (regcache, data) = on_tmpfs(&tmpfs, &fake);
+    let url = format!("{}/v2/many/blobs/{layer}", regcache.url());
+
+    fake.pause_after(&layer, 2 * MIB as u64);
+    let first = tokio::spawn(get_hashed(url.clone()));
+    wait_for("the first bytes sent", || {
+        fake.sent(&layer) >= 2 * MIB as u64
+    })
+    .await;
+    let attached = tokio::spawn(get_hashed(url.clone()));
+    let started = std::time::Instant::now();
+    while Metrics::scrape(&regcache.url())
+        .await
+        .value("regcache_herd_joins_total", &[])
+        < 1.0
+    {
+        assert!(
+            started.elapsed() < crate::support::WAIT,
+            "the second reader never joined"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The disk fills; the fill goes on from memory up to 5 MiB and waits.
+    fill_up(tmpfs.path());
+    fake.move_pause(&layer, 5 * MIB as u64);
+    regcache.wait_for_log("passing the rest to its readers uncached");
+    wait_for("5 MiB sent", || fake.sent(&layer) >= 5 * MIB as u64).await;
+    let late = tokio::spawn(get_hashed(url.clone()));
+    while Metrics::scrape(&regcache.url())
+        .await
+        .value("regcache_herd_joins_total", &[])
+        < 2.0
+    {
+        assert!(
+            started.elapsed() < crate::support::WAIT,
+            "the late reader never joined"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    fake.resume(&layer);
+
+    for (who, reader) in [("first", first), ("attached", attached), ("late", late)] {
+        let (status, hashed) = reader.await.unwrap();
+        assert_eq!((status, hashed), (200, Ok(layer.clone())), "{who}");
+    }
+    assert_eq!(fake.storage_gets(&layer).len(), 1, "one upstream download");
+    assert_eq!(fake.sent(&layer), image.layer().bytes.len() as u64);
+    wait_for("the fill's temp file gone", || tmp_files(&data).is_empty()).await;
+    assert!(!blob_file(&data, &layer).exists());
+    assert!(!indexed(&data, &layer));
+    drop(regcache);
+}
