@@ -6,7 +6,9 @@
 //! still served (uncached), never a 500. A disk that fills up during a fill
 //! (ENOSPC after admission) passes the rest of the blob to its client, whole
 //! and verified, leaves nothing behind, and the next pull caches it; a body
-//! without Content-Length checks the free space as it arrives.
+//! without Content-Length checks the free space as it arrives. A manifest the
+//! upstream confirms for another repository is served even when its link
+//! cannot be written.
 //!
 //! Talks only to loopback; the tmpfs and every server are dropped by the test.
 
@@ -247,5 +249,49 @@ async fn readers_attached_before_the_disk_filled_and_after_all_get_the_whole_blo
     wait_for("the fill's temp file gone", || tmp_files(&data).is_empty()).await;
     assert!(!blob_file(&data, &layer).exists());
     assert!(!indexed(&data, &layer));
+    drop(regcache);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_a_manifest_confirmed_for_another_repository_is_served() {
+    let Some(tmpfs) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let fake = FakeUpstream::k8s_like();
+    let image = seed_image(&fake, "first", "1", 1024);
+    let media_type = "application/vnd.oci.image.manifest.v1+json";
+    let others: Vec<String> = (0..8).map(|i| format!("other-{i}")).collect();
+    for repo in &others {
+        fake.put_manifest(repo, None, media_type, image.manifest.clone());
+    }
+    let (regcache, _data) = on_tmpfs(&tmpfs, &fake);
+    pull(&regcache.url(), &image).await;
+
+    // Full: the links the upstream's confirmations would record cannot all be
+    // written (SQLite may still reuse room in its WAL for the first ones).
+    fill_up(tmpfs.path());
+    for repo in &others {
+        let url = format!(
+            "{}/v2/{repo}/manifests/{}",
+            regcache.url(),
+            image.manifest_digest
+        );
+        let request = crate::support::client()
+            .get(&url)
+            .header("accept", media_type);
+        let got = crate::support::send(request).await;
+        assert_eq!(
+            got.status,
+            reqwest::StatusCode::OK,
+            "{repo}: {:?}",
+            got.body
+        );
+        assert_eq!(got.ok_body(), &image.manifest);
+    }
+    let log = regcache.log();
+    assert!(
+        log.contains("cannot record a confirmed repository link"),
+        "no link write met the full disk:\n{log}"
+    );
     drop(regcache);
 }
