@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::fill::{FillGuard, FillState};
 use super::local::{Local, Published};
 use super::passthrough::PassThrough;
-use super::tail::TailWriter;
+use super::tail::{Tail, TailWriter};
 use super::{Error, Route};
 use crate::evict::{Admission, Reservation};
 use crate::oci::{Digest, RepoName};
@@ -70,7 +70,15 @@ impl FillJob {
             Admission::Reserved(reservation) => reservation,
             refused => return Ok(self.uncached(&refused, response, size)),
         };
-        let writer = self.local.writer(self.digest.clone()).await?;
+        let writer = match self.local.writer(self.digest.clone()).await {
+            Ok(writer) => writer,
+            // No room for even the temp file (ENOSPC, out of inodes).
+            Err(Error::Store(e)) if e.is_out_of_space() => {
+                self.disk_full(&e.to_string(), 0, size, guard);
+                return Ok(self.pass_through(response, size));
+            }
+            Err(e) => return Err(e),
+        };
         let file = Arc::new(std::fs::File::open(writer.temp_path())?);
         progress.send_replace(FillState::Streaming {
             size,
@@ -106,10 +114,22 @@ impl FillJob {
             (Sink::File { .. }, Err(e)) => return Err(e),
             (Sink::Switching, _) => unreachable!("never seen outside `put`"),
         };
+        let written = writer.written();
         let published = self
             .local
             .publish_blob(&self.route.key, &self.repo, writer, size, reservation)
-            .await?;
+            .await;
+        let published = match published {
+            Ok(published) => published,
+            // Size and digest were checked before the commit's fsync, mkdir
+            // and rename: the readers get the whole (verified) file, uncached.
+            Err(Error::Store(e)) if e.is_out_of_space() => {
+                self.disk_full(&e.to_string(), written, size, guard);
+                let tail = Tail::verified(written);
+                return Ok(FillState::Passing { size, file, tail });
+            }
+            Err(e) => return Err(e),
+        };
         let size = published.size();
         if let Published::Unindexed { .. } = published {
             // Every byte was verified: the readers get a complete body. Links
@@ -142,6 +162,12 @@ impl FillJob {
         } else {
             tracing::warn!(digest = %self.digest, repo = %self.repo, size, max_size, "no room in the cache budget (pinned content and fills in flight hold it); streaming without caching");
         }
+        self.pass_through(response, size)
+    }
+
+    /// The upstream body goes to one reader, hashed and verified, never
+    /// written to disk.
+    fn pass_through(&self, response: crate::upstream::Response, size: Option<u64>) -> FillState {
         let body = PassThrough::new(response.into_stream(), self.digest.clone(), size);
         FillState::PassThrough {
             size,
@@ -265,6 +291,20 @@ impl FillJob {
         };
         let (hasher, written) = writer.abandon();
         drop(reservation);
+        self.disk_full(why, written, size, guard);
+        let tail = TailWriter::new(self.digest.clone(), hasher, written, size);
+        progress.send_replace(FillState::Passing {
+            size,
+            file: Arc::clone(file),
+            tail: Arc::clone(tail.tail()),
+        });
+        tail
+    }
+
+    /// The disk could not take the blob (`why`) after `written` bytes: logged
+    /// with the free space, counted, and an eviction pass makes room so that
+    /// the next request can cache it.
+    fn disk_full(&self, why: &str, written: u64, size: Option<u64>, guard: &FillGuard) {
         tracing::warn!(
             digest = %self.digest,
             repo = %self.repo,
@@ -277,13 +317,6 @@ impl FillJob {
         guard.passing();
         self.local
             .make_room_on_disk(size.unwrap_or(written).max(written));
-        let tail = TailWriter::new(self.digest.clone(), hasher, written, size);
-        progress.send_replace(FillState::Passing {
-            size,
-            file: Arc::clone(file),
-            tail: Arc::clone(tail.tail()),
-        });
-        tail
     }
 
     /// Writes one batch of body bytes to the temp file and publishes the new

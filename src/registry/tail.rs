@@ -59,6 +59,22 @@ pub(crate) enum Read {
 }
 
 impl Tail {
+    /// A tail with nothing in memory after a complete, verified file of
+    /// `size` bytes (a commit that found no room after checking the digest).
+    pub(crate) fn verified(size: u64) -> std::sync::Arc<Tail> {
+        let window = Window {
+            origin: size,
+            start: size,
+            chunks: VecDeque::new(),
+            received: size,
+            size: Some(size),
+            end: Some(Ok(size)),
+        };
+        std::sync::Arc::new(Tail {
+            window: watch::Sender::new(window),
+        })
+    }
+
     /// Whether a reader starting at the blob's first byte can still read all
     /// of it (nothing has left the window yet).
     pub(crate) fn whole(&self) -> bool {
@@ -323,6 +339,14 @@ mod tests {
         let recent = content.len() as u64 - WINDOW_BYTES;
         assert_eq!(memory(&tail, recent).await.len(), mb);
         assert_eq!(w.verify().unwrap(), content.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_verified_tail_reads_the_whole_file_then_ends() {
+        let tail = Tail::verified(10);
+        assert!(matches!(tail.read(0).await.unwrap(), Read::File(10)));
+        assert!(matches!(tail.read(9).await.unwrap(), Read::File(10)));
+        assert!(matches!(tail.read(10).await.unwrap(), Read::End(10)));
     }
 
     #[tokio::test]

@@ -288,10 +288,74 @@ async fn on_a_full_disk_a_manifest_confirmed_for_another_repository_is_served() 
         );
         assert_eq!(got.ok_body(), &image.manifest);
     }
-    let log = regcache.log();
+    // Some link write met the full disk (the test fails here otherwise).
+    regcache.wait_for_log("cannot record a confirmed repository link");
+    drop(regcache);
+}
+
+/// Creates empty files in `dir` until the file system has no inode left;
+/// returns their paths.
+fn use_up_inodes(dir: &Path) -> Vec<PathBuf> {
+    let ballast = dir.join("inodes");
+    std::fs::create_dir(&ballast).unwrap();
+    (0..)
+        .map(|i| ballast.join(i.to_string()))
+        .take_while(|path| std::fs::File::create(path).is_ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_inodes_a_fill_streams_uncached_even_when_its_commit_cannot_create_a_directory() {
+    let Some(tmpfs) = Tmpfs::mount_with_inodes("32m", 400) else {
+        return;
+    };
+    let fake = FakeUpstream::k8s_like();
+    let first = seed_image(&fake, "first", "1", 1024);
+    let (regcache, data) = on_tmpfs(&tmpfs, &fake);
+    pull(&regcache.url(), &first).await;
+    let shards: Vec<_> = first.blobs().map(|b| blob_file(&data, &b.digest)).collect();
+
+    // No inode left: not even a temp file. Served whole, uncached.
+    let mut ballast = use_up_inodes(tmpfs.path());
+    let second = seed_image(&fake, "second", "1", 2 * MIB);
+    pull(&regcache.url(), &second).await;
+    assert!(!indexed(&data, &second.layer().digest));
+    regcache.wait_for_log("cannot write more of a blob");
+
+    // One inode: the temp file takes it, and the commit cannot create the
+    // blob's shard directory (a layer whose shard is new), after the digest
+    // was checked: still served whole, uncached, nothing left behind.
+    let third = loop {
+        let image = seed_image(&fake, "third", "1", 2 * MIB);
+        let shard = blob_file(&data, &image.layer().digest);
+        if shards.iter().all(|s| s.parent() != shard.parent()) {
+            break image;
+        }
+    };
+    let layer = third.layer().digest.clone();
+    std::fs::remove_file(ballast.pop().unwrap()).unwrap();
+    let url = format!("{}/v2/third/blobs/{layer}", regcache.url());
+    assert_eq!(get_hashed(url).await, (200, Ok(layer.clone())));
+    let log = regcache.wait_for_log(&format!(
+        "cannot create directory {}",
+        data.join("blobs").display()
+    ));
+    let written = format!("written={}", 2 * MIB);
     assert!(
-        log.contains("cannot record a confirmed repository link"),
-        "no link write met the full disk:\n{log}"
+        log.lines().any(|l| l.contains(&layer)
+            && l.contains("cannot write more of a blob")
+            && l.contains(&written)),
+        "the commit met the full disk after every byte:\n{log}"
     );
+    wait_for("the fill's temp file gone", || tmp_files(&data).is_empty()).await;
+    assert!(!blob_file(&data, &layer).exists());
+    assert!(!indexed(&data, &layer));
+
+    // Inodes again: the layer is cached.
+    for path in ballast {
+        std::fs::remove_file(path).unwrap();
+    }
+    pull(&regcache.url(), &third).await;
+    wait_for("the layer cached", || indexed(&data, &layer)).await;
     drop(regcache);
 }
