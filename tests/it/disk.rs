@@ -107,6 +107,8 @@ async fn a_disk_that_fills_during_a_fill_passes_the_blob_through_then_caches_it_
         fake.sent(&layer) >= 3 * MIB as u64
     })
     .await;
+    // Admitted: the fill's temp file exists (the upstream may send before).
+    wait_for("the fill's temp file", || !tmp_files(&data).is_empty()).await;
     fill_up(tmpfs.path());
     fake.resume(&layer);
     // 200, every byte, hashing to the digest (asserted by `pull`).
@@ -221,7 +223,9 @@ async fn readers_attached_before_the_disk_filled_and_after_all_get_the_whole_blo
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
-    // The disk fills; the fill goes on from memory up to 5 MiB and waits.
+    // The disk fills (after the fill's admission: its temp file exists); the
+    // fill goes on from memory up to 5 MiB and waits.
+    wait_for("the fill's temp file", || !tmp_files(&data).is_empty()).await;
     fill_up(tmpfs.path());
     fake.move_pause(&layer, 5 * MIB as u64);
     regcache.wait_for_log("passing the rest to its readers uncached");
@@ -324,29 +328,34 @@ async fn out_of_inodes_a_fill_streams_uncached_even_when_its_commit_cannot_creat
 
     // One inode: the temp file takes it, and the commit cannot create the
     // blob's shard directory (a layer whose shard is new), after the digest
-    // was checked: still served whole, uncached, nothing left behind.
-    let third = loop {
-        let image = seed_image(&fake, "third", "1", 2 * MIB);
-        let shard = blob_file(&data, &image.layer().digest);
-        if shards.iter().all(|s| s.parent() != shard.parent()) {
-            break image;
-        }
-    };
-    let layer = third.layer().digest.clone();
+    // was checked: still served whole, uncached, nothing left behind. (The
+    // server's stats file, rewritten every few seconds, may take the inode
+    // for an instant: then the temp file was refused, and a fresh layer tries.)
     std::fs::remove_file(ballast.pop().unwrap()).unwrap();
-    let url = format!("{}/v2/third/blobs/{layer}", regcache.url());
-    assert_eq!(get_hashed(url).await, (200, Ok(layer.clone())));
-    let log = regcache.wait_for_log(&format!(
-        "cannot create directory {}",
-        data.join("blobs").display()
-    ));
-    let written = format!("written={}", 2 * MIB);
-    assert!(
-        log.lines().any(|l| l.contains(&layer)
-            && l.contains("cannot write more of a blob")
-            && l.contains(&written)),
-        "the commit met the full disk after every byte:\n{log}"
-    );
+    let mut tries = 0;
+    let (third, layer) = loop {
+        tries += 1;
+        let image = fresh_shard_image(&fake, &data, &shards, &format!("third-{tries}"));
+        let layer = image.layer().digest.clone();
+        let url = format!("{}/v2/{}/blobs/{layer}", regcache.url(), image.repo);
+        assert_eq!(get_hashed(url).await, (200, Ok(layer.clone())));
+        let log = regcache.wait_for_log(&format!("digest={layer}"));
+        if log
+            .lines()
+            .any(|l| l.contains(&layer) && l.contains("cannot create directory"))
+        {
+            assert!(
+                log.contains(&format!(
+                    "digest={layer} repo={} written={}",
+                    image.repo,
+                    2 * MIB
+                )),
+                "the commit met the full disk after every byte:\n{log}"
+            );
+            break (image, layer);
+        }
+        assert!(tries < 3, "the temp file never got the free inode:\n{log}");
+    };
     wait_for("the fill's temp file gone", || tmp_files(&data).is_empty()).await;
     assert!(!blob_file(&data, &layer).exists());
     assert!(!indexed(&data, &layer));
@@ -358,4 +367,21 @@ async fn out_of_inodes_a_fill_streams_uncached_even_when_its_commit_cannot_creat
     pull(&regcache.url(), &third).await;
     wait_for("the layer cached", || indexed(&data, &layer)).await;
     drop(regcache);
+}
+
+/// An image whose layer's shard directory is none of `shards`' (so its
+/// commit must create one).
+fn fresh_shard_image(
+    fake: &FakeUpstream,
+    data: &Path,
+    shards: &[PathBuf],
+    repo: &str,
+) -> crate::support::Image {
+    loop {
+        let image = seed_image(fake, repo, "1", 2 * MIB);
+        let shard = blob_file(data, &image.layer().digest);
+        if shards.iter().all(|s| s.parent() != shard.parent()) {
+            return image;
+        }
+    }
 }
