@@ -115,7 +115,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => serve(PlainListener::new(listener), app, config.connections).await,
         Some(certificate) => {
             let watcher = tokio::spawn(Arc::clone(&certificate).watch());
-            let listener = TlsListener::new(listener, certificate.server_config())?;
+            let config_tls = certificate.server_config();
+            let listener = TlsListener::new(listener, config_tls, &config.connections)?;
             serve(listener, app, config.connections).await;
             watcher.abort();
         }

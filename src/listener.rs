@@ -6,6 +6,9 @@
 //! refused with an error in the log and the old one stays in use; at start the
 //! same problem stops regcache.
 //!
+//! Handshakes run in their own tasks, at most `max_connections` at once and
+//! each within `header_read_timeout`; connections beyond are closed at once.
+//!
 //! Plain HTTP goes through [`PlainListener`] (TCP_NODELAY on every connection).
 //! It knows nothing of the registry API and never logs key material.
 
@@ -20,15 +23,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
 
-use crate::config::ServerTls;
+use crate::config::{ConnectionLimits, ServerTls};
 
 /// How often the certificate files are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for `accept`.
 const ACCEPT_QUEUE: usize = 256;
 
@@ -215,7 +216,10 @@ fn set_nodelay(stream: &TcpStream) {
 
 /// Accepts TCP connections and hands out those whose TLS handshake
 /// succeeded. Each handshake runs in its own task, so a slow or failing
-/// client holds up nobody else.
+/// client holds up nobody else; but at most `max_connections` handshakes (and
+/// handshaken connections not yet taken by `accept`) at once, each within
+/// `header_read_timeout`: a connection beyond that is closed at once, so
+/// clients that connect and never speak cannot pile up.
 #[derive(Debug)]
 pub struct TlsListener {
     local: SocketAddr,
@@ -224,11 +228,19 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    pub fn new(
+        tcp: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        limits: &ConnectionLimits,
+    ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, handshaken) = mpsc::channel(ACCEPT_QUEUE);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let acceptor_task = tokio::spawn(accept_loop(tcp, acceptor, tx));
+        let handshakes = Handshakes {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            timeout: limits.header_read_timeout,
+        };
+        let acceptor_task = tokio::spawn(accept_loop(tcp, handshakes, tx));
         Ok(Self {
             local,
             handshaken,
@@ -243,9 +255,18 @@ impl Drop for TlsListener {
     }
 }
 
+/// The bounds on TLS handshakes in progress.
+struct Handshakes {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// One per connection in handshake or handshaken and waiting for `accept`.
+    slots: Arc<Semaphore>,
+    /// A client that has not finished its handshake by then is dropped.
+    timeout: Duration,
+}
+
 async fn accept_loop(
     tcp: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    handshakes: Handshakes,
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let mut backoff = AcceptBackoff::new();
@@ -258,16 +279,21 @@ async fn accept_loop(
             }
         };
         backoff.succeeded();
+        let Ok(slot) = Arc::clone(&handshakes.slots).try_acquire_owned() else {
+            tracing::warn!(client = %addr, "too many TLS handshakes in progress (server.max_connections); closed");
+            continue;
+        };
         set_nodelay(&stream);
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        let (acceptor, tx, timeout) = (handshakes.acceptor.clone(), tx.clone(), handshakes.timeout);
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, addr)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
             }
+            drop(slot);
         });
     }
 }

@@ -163,6 +163,9 @@ pub struct UpstreamConfig {
     /// Manifest GETs of a stated pull quota (Docker Hub's `ratelimit-remaining`)
     /// left unspent: at this many, GETs pause until the window has passed.
     pub rate_limit_reserve: u64,
+    /// When the upstream's circuit opens and for how long (`circuit_failures`,
+    /// `circuit_backoff_min`, `circuit_backoff_max`).
+    pub circuit: crate::upstream::CircuitSettings,
     pub credentials: Option<Credentials>,
     /// How this upstream is reached: trusted CAs, client certificate, proxy
     /// (`[upstream_defaults]` merged with the upstream's own keys).

@@ -119,6 +119,21 @@ fn upstream(lines: &mut Lines, i: usize, upstream: &UpstreamConfig, loaded: &Loa
         &key("rate_limit_reserve"),
         Value::Integer(upstream.rate_limit_reserve as i64),
     );
+    lines.value(
+        loaded,
+        &key("circuit_failures"),
+        Value::Integer(upstream.circuit.failures.into()),
+    );
+    lines.value(
+        loaded,
+        &key("circuit_backoff_min"),
+        duration(upstream.circuit.backoff_min),
+    );
+    lines.value(
+        loaded,
+        &key("circuit_backoff_max"),
+        duration(upstream.circuit.backoff_max),
+    );
     let Some(credentials) = &upstream.credentials else {
         return;
     };

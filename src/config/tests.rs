@@ -287,3 +287,43 @@ fn the_rate_limit_reserve_is_a_whole_number_with_a_default() {
         assert_eq!(keys(&err), ["upstream[0].rate_limit_reserve"], "{bad}");
     }
 }
+
+#[test]
+fn the_circuit_keys_have_defaults_and_are_checked() {
+    let up = |extra: &str| {
+        load_str(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"d\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n{extra}"
+        ))
+    };
+    let default = up("").unwrap();
+    assert_eq!(
+        default.default_upstream().circuit,
+        crate::upstream::CircuitSettings {
+            failures: 3,
+            backoff_min: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+        }
+    );
+    let set =
+        up("circuit_failures = 1\ncircuit_backoff_min = \"500ms\"\ncircuit_backoff_max = \"10s\"")
+            .unwrap();
+    assert_eq!(
+        set.default_upstream().circuit,
+        crate::upstream::CircuitSettings {
+            failures: 1,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+        }
+    );
+    for (bad, key) in [
+        ("circuit_failures = 0", "circuit_failures"),
+        ("circuit_failures = -2", "circuit_failures"),
+        ("circuit_failures = \"3\"", "circuit_failures"),
+        ("circuit_backoff_min = \"0s\"", "circuit_backoff_min"),
+        ("circuit_backoff_min = \"soon\"", "circuit_backoff_min"),
+        ("circuit_backoff_max = \"1s\"", "circuit_backoff_max"),
+    ] {
+        let err = up(bad).unwrap_err();
+        assert_eq!(keys(&err), [format!("upstream[0].{key}")], "{bad}");
+    }
+}

@@ -248,6 +248,7 @@ impl Walker {
             "rate_limit_reserve",
             crate::upstream::DEFAULT_RESERVE,
         );
+        let circuit = self.circuit(&mut t, path);
         let credentials = self.credentials(&mut t, path, secrets);
         let probe_image = self.optional_string(&mut t, path, "probe_image");
         let own_egress = self.egress_keys(&mut t, path, secrets);
@@ -271,9 +272,47 @@ impl Walker {
             idle_timeout: idle_timeout?,
             revalidate_timeout: revalidate_timeout?,
             rate_limit_reserve: rate_limit_reserve?,
+            circuit: circuit?,
             credentials: credentials.ok()?,
             egress,
             probe_image,
+        })
+    }
+
+    /// `circuit_failures` (≥ 1), `circuit_backoff_min` (> 0) and
+    /// `circuit_backoff_max` (≥ the minimum).
+    fn circuit(&mut self, t: &mut Table, path: &str) -> Option<crate::upstream::CircuitSettings> {
+        let default = crate::upstream::CircuitSettings::default();
+        let failures = self.count(t, path, "circuit_failures", default.failures.into());
+        let backoff_min = self.duration(t, path, "circuit_backoff_min", default.backoff_min);
+        let backoff_max = self.duration(t, path, "circuit_backoff_max", default.backoff_max);
+        let failures = match failures? {
+            n @ 1..=1000 => n as u32,
+            n => {
+                let key = format!("{path}.circuit_failures");
+                self.error(&key, format!("must be between 1 and 1000, found {n}"));
+                return None;
+            }
+        };
+        let (backoff_min, backoff_max) = (backoff_min?, backoff_max?);
+        if backoff_min.is_zero() {
+            let key = format!("{path}.circuit_backoff_min");
+            self.error(&key, "must be longer than 0s");
+            return None;
+        }
+        if backoff_max < backoff_min {
+            let key = format!("{path}.circuit_backoff_max");
+            let msg = format!(
+                "must be at least circuit_backoff_min ({})",
+                humantime::format_duration(backoff_min)
+            );
+            self.error(&key, msg);
+            return None;
+        }
+        Some(crate::upstream::CircuitSettings {
+            failures,
+            backoff_min,
+            backoff_max,
         })
     }
 

@@ -157,6 +157,18 @@ impl Evictor {
         }
     }
 
+    /// The file system's free space (statvfs), if it can be asked.
+    pub fn disk_available(&self) -> Option<u64> {
+        super::disk::space(self.store.blobs_dir()).map(|space| space.available)
+    }
+
+    /// A fill ran out of disk space anyway (ENOSPC: something other than the
+    /// cache filled the disk): evicts least recently used content until the
+    /// file system has room for `bytes`, so the next fill can be cached.
+    pub async fn make_room_on_disk(&self, bytes: u64) {
+        self.free_disk_for(bytes).await;
+    }
+
     fn try_reserve(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
         let reserved = lock(&self.usage).totals().1;
         // Asked outside the lock: a statvfs is a system call.
@@ -230,7 +242,8 @@ impl Evictor {
 
 impl Reservation {
     /// Grows the reservation by `more` bytes (a body without Content-Length),
-    /// evicting if needed. False if there is no room: the fill must give up.
+    /// evicting if needed, when the budget and the file system's free space
+    /// both hold them. False if there is no room: the fill writes no more.
     pub async fn grow(&mut self, more: u64) -> bool {
         let evictor = Arc::clone(&self.evictor);
         let total = self.bytes + more;
@@ -238,6 +251,12 @@ impl Reservation {
             return false;
         }
         for attempt in 0..2 {
+            if attempt == 1 {
+                evictor.free_disk_for(more).await;
+            }
+            if !self.disk_holds(more) {
+                continue;
+            }
             {
                 let mut usage = lock(&evictor.usage);
                 if usage.committed + usage.reserved + more <= evictor.budget.max_size() {
@@ -254,6 +273,14 @@ impl Reservation {
             }
         }
         false
+    }
+
+    /// Whether the file system's free space holds `more` bytes beside the
+    /// other fills' reservations (this one's bytes are written already).
+    fn disk_holds(&self, more: u64) -> bool {
+        let reserved = lock(&self.evictor.usage).totals().1;
+        let others = reserved.saturating_sub(self.bytes);
+        self.evictor.disk_shortfall(more, others) == 0
     }
 
     /// The content is committed and indexed: `size` bytes become committed

@@ -2,7 +2,9 @@
 //! unprivileged writer may still use, and its whole size. The budget is
 //! `max_size`, but a disk that is fuller than the budget assumes (other
 //! files, a `max_size` larger than the disk) must still refuse a fill before
-//! it writes rather than let it hit ENOSPC.
+//! it writes rather than let it hit ENOSPC. A body without `Content-Length`
+//! is asked about batch by batch as its reservation grows; a fill that hits
+//! ENOSPC anyway (something else filled the disk) has the evictor make room.
 //!
 //! It only reads file system statistics; it never writes or deletes.
 

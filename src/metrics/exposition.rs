@@ -193,6 +193,13 @@ impl Scrape {
             None,
             fills.herd_joins,
         )?;
+        counter(
+            encoder,
+            "fills_passed_disk_full",
+            "Blob fills that could not write their file (the disk was full) and passed the rest of their body to their readers uncached.",
+            None,
+            fills.passed_disk_full,
+        )?;
         gauge(
             encoder,
             "fills_active",

@@ -244,7 +244,7 @@ impl Registry {
         };
         if !fill.add_joined(confirmed) {
             // The fill has indexed its content already: link it here.
-            self.local.link(&route.key, repo, digest).await?;
+            self.link_confirmed(route, repo, digest).await;
         }
         Ok(())
     }

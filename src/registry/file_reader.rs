@@ -3,7 +3,8 @@
 //! published (the last chunks straight from the fill's memory), waiting for more;
 //! the blob's last byte only once the fill has committed. If the fill fails, the
 //! stream ends with an error, never a clean end: a reader must never complete a
-//! response whose bytes were not verified.
+//! response whose bytes were not verified. A fill that passes its body through
+//! (the disk is full) is read from its file, then from its tail in memory.
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 
 use super::Error;
 use super::fill::FillState;
+use super::tail::{Read, Tail};
 use crate::store::mapped::{self, WINDOW};
 
 /// Bytes read per chunk from a file a fill is still writing (many readers
@@ -163,7 +165,7 @@ impl FileReader {
             return Ok(Available::InFile(self.end));
         };
         let committed_size = loop {
-            match &*rx.borrow_and_update() {
+            let passing = match &*rx.borrow_and_update() {
                 FillState::Streaming {
                     written,
                     size,
@@ -185,6 +187,7 @@ impl FileReader {
                         }
                         return Ok(Available::InFile(readable));
                     }
+                    None
                 }
                 FillState::Committed { size, .. } => break *size,
                 FillState::Failed(e) => return Err(io::Error::other(e.to_string())),
@@ -193,7 +196,11 @@ impl FileReader {
                 FillState::PassThrough { .. } => {
                     return Err(io::Error::other("the fill passed its body through"));
                 }
-                FillState::Connecting => {}
+                FillState::Passing { tail, .. } => Some(Arc::clone(tail)),
+                FillState::Connecting => None,
+            };
+            if let Some(tail) = passing {
+                return self.available_in_tail(&tail).await;
             }
             if rx.changed().await.is_err() {
                 return Err(io::Error::other(Error::FillAbandoned.to_string()));
@@ -203,6 +210,25 @@ impl FileReader {
         self.end = self.end.min(committed_size);
         self.progress = None;
         Ok(Available::InFile(self.end))
+    }
+}
+
+impl FileReader {
+    /// What a reader of a fill that passes its body through may read next:
+    /// the file's bytes, then the tail's (see `registry::tail`, which holds
+    /// the invariants: in order, last byte once verified, errors never a
+    /// clean end).
+    async fn available_in_tail(&mut self, tail: &Tail) -> io::Result<Available> {
+        Ok(match tail.read(self.pos).await? {
+            Read::File(limit) => Available::InFile(limit),
+            Read::Memory(bytes) => Available::InMemory(bytes),
+            Read::End(size) => {
+                // Verified and complete: nothing left to wait for.
+                self.end = self.end.min(size);
+                self.progress = None;
+                Available::InFile(self.end)
+            }
+        })
     }
 }
 

@@ -4,7 +4,9 @@
 //! (which hashes as it writes) and publishes its progress on a `watch` channel.
 //! Every client of that digest, the first one included, reads the growing temp
 //! file up to the published length, so each goes at its own pace and a client
-//! hanging up never cancels the fill.
+//! hanging up never cancels the fill. A fill whose file cannot be written
+//! (the disk is full) goes on as a pass-through: its readers take the rest of
+//! the body from memory (`registry::tail`), verified, not cached.
 //!
 //! A fill never publishes unverified bytes as content: readers of a fill that
 //! fails get an error instead of an end of stream (so their response is aborted),
@@ -23,6 +25,7 @@ use super::Error;
 use super::file_reader::FileReader;
 use super::local::UpstreamKey;
 use super::passthrough::PassThrough;
+use super::tail::Tail;
 use crate::metrics::histogram::{FILL_BOUNDS, Histogram, HistogramSnapshot};
 use crate::oci::{Digest, RepoName};
 
@@ -43,6 +46,14 @@ pub(crate) enum FillState {
     },
     /// Verified, renamed into the store and indexed; `file` is the same inode.
     Committed { size: u64, file: Arc<std::fs::File> },
+    /// The temp file could not be written (the disk is full): its first bytes
+    /// are still read from the (deleted) `file`, the rest from `tail` in
+    /// memory, hashed and verified, never cached. Stays so after a clean end.
+    Passing {
+        size: Option<u64>,
+        file: Arc<std::fs::File>,
+        tail: Arc<Tail>,
+    },
     /// The fill failed; nothing was cached. Every reader answers with this error.
     Failed(Arc<Error>),
     /// The blob is not cached (larger than the disk budget, or no room): the
@@ -61,7 +72,8 @@ pub(crate) enum Started {
     File(FileReader),
     /// The upstream body itself: the fill passes it through uncached.
     PassThrough(PassThrough),
-    /// The fill passes through and another reader took the body.
+    /// The fill passes through and another reader took the body (or the
+    /// fill's tail no longer holds all of it): fetch another.
     Taken,
 }
 
@@ -96,6 +108,12 @@ impl Fill {
                 FillState::Connecting => None,
                 FillState::Streaming { size, file, .. } => Some((*size, Arc::clone(file))),
                 FillState::Committed { size, file } => Some((Some(*size), Arc::clone(file))),
+                // Bytes have left the tail's window: this reader cannot have
+                // them all, and fetches its own (see `Started::Taken`).
+                FillState::Passing { size, tail, .. } if !tail.whole() => {
+                    return Ok((*size, Started::Taken));
+                }
+                FillState::Passing { size, file, .. } => Some((*size, Arc::clone(file))),
                 FillState::Failed(e) => return Err(Error::Fill(Arc::clone(e))),
                 FillState::PassThrough { size, body } => {
                     let taken = body.lock().expect("pass-through lock poisoned").take();
@@ -122,7 +140,9 @@ impl Fill {
         loop {
             match &*rx.borrow_and_update() {
                 FillState::Connecting => {}
-                FillState::Streaming { size, .. } | FillState::PassThrough { size, .. } => {
+                FillState::Streaming { size, .. }
+                | FillState::Passing { size, .. }
+                | FillState::PassThrough { size, .. } => {
                     return *size;
                 }
                 FillState::Committed { size, .. } => return Some(*size),
@@ -155,6 +175,9 @@ pub(crate) struct Fills {
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
     /// Requests that joined a fill another request had started.
     joins: AtomicU64,
+    /// Fills that could not write their file (the disk was full) and passed
+    /// the rest of their body to their readers uncached.
+    passed: AtomicU64,
     /// From registration to commit, of fills that committed.
     durations: Histogram,
 }
@@ -164,6 +187,7 @@ impl Default for Fills {
         Self {
             inflight: Mutex::default(),
             joins: AtomicU64::new(0),
+            passed: AtomicU64::new(0),
             durations: Histogram::new(FILL_BOUNDS),
         }
     }
@@ -186,6 +210,8 @@ pub struct FillProgress {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct FillStats {
     pub herd_joins: u64,
+    /// Fills that met a full disk and passed their body through uncached.
+    pub passed_disk_full: u64,
     pub durations: HistogramSnapshot,
     pub in_progress: Vec<FillProgress>,
 }
@@ -240,6 +266,7 @@ impl Fills {
         in_progress.sort_by(|a, b| a.digest.cmp(&b.digest));
         FillStats {
             herd_joins: self.joins.load(Ordering::Relaxed),
+            passed_disk_full: self.passed.load(Ordering::Relaxed),
             durations: self.durations.snapshot(),
             in_progress,
         }
@@ -253,6 +280,7 @@ impl Fill {
             FillState::Streaming { size, written, .. } => (*written, *size),
             FillState::Committed { size, .. } => (*size, Some(*size)),
             FillState::PassThrough { size, .. } => (0, *size),
+            FillState::Passing { size, tail, .. } => (tail.received(), *size),
         };
         FillProgress {
             digest: digest.to_string(),
@@ -286,6 +314,11 @@ impl FillGuard {
 }
 
 impl FillGuard {
+    /// Counts a fill that met a full disk and passes its body through.
+    pub(crate) fn passing(&self) {
+        self.fills.passed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records how the fill ended, just before the guard is dropped: the
     /// duration of a fill that committed goes into the fills' histogram.
     pub(crate) fn ended(&self, committed: bool) {

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::fill::{FillGuard, FillState};
 use super::local::{Local, Published};
 use super::passthrough::PassThrough;
+use super::tail::{Tail, TailWriter};
 use super::{Error, Route};
 use crate::evict::{Admission, Reservation};
 use crate::oci::{Digest, RepoName};
@@ -65,11 +66,19 @@ impl FillJob {
             .await?;
         let size = response.content_length();
         // Room on disk before the first byte is written (or no caching at all).
-        let mut reservation = match self.local.reserve(size.unwrap_or(0)).await {
+        let reservation = match self.local.reserve(size.unwrap_or(0)).await {
             Admission::Reserved(reservation) => reservation,
             refused => return Ok(self.uncached(&refused, response, size)),
         };
-        let mut writer = self.local.writer(self.digest.clone()).await?;
+        let writer = match self.local.writer(self.digest.clone()).await {
+            Ok(writer) => writer,
+            // No room for even the temp file (ENOSPC, out of inodes).
+            Err(Error::Store(e)) if e.is_out_of_space() => {
+                self.disk_full(&e.to_string(), 0, size, guard);
+                return Ok(self.pass_through(response, size));
+            }
+            Err(e) => return Err(e),
+        };
         let file = Arc::new(std::fs::File::open(writer.temp_path())?);
         progress.send_replace(FillState::Streaming {
             size,
@@ -77,32 +86,50 @@ impl FillJob {
             file: Arc::clone(&file),
             recent: Bytes::new(),
         });
-        let mut body = body_of(response);
-        // Bytes of the current body already written (a resume answered 200).
-        let mut skip = 0u64;
-        let mut resumes = 0;
-        while let Some((batch, broke)) = next_batch(&mut body, &mut skip).await {
-            if !batch.is_empty() {
-                self.write_batch(&mut writer, &mut reservation, size, batch, progress)
-                    .await?;
+        let mut sink = Sink::File {
+            writer,
+            reservation,
+        };
+        let streamed = self
+            .stream_body(&mut sink, body_of(response), size, &file, guard, progress)
+            .await;
+        let (writer, reservation) = match (sink, streamed) {
+            (
+                Sink::File {
+                    writer,
+                    reservation,
+                },
+                Ok(()),
+            ) => (writer, reservation),
+            (Sink::Tail(tail), Ok(())) => {
+                let size = tail.verify()?;
+                tracing::info!(digest = %self.digest, repo = %self.repo, size, "blob passed through uncached (the disk was full)");
+                return Ok(progress.borrow().clone());
             }
-            match broke {
-                None => {}
-                // Every byte arrived before the break: the commit checks them.
-                Some(_) if size == Some(writer.written()) => break,
-                Some(e) => {
-                    // The connection broke mid-body: ask for the rest; readers
-                    // keep waiting on the same temp file meanwhile.
-                    let resumed = self.resume(writer.written(), size, e, &mut resumes).await?;
-                    body = body_of(resumed.response);
-                    skip = resumed.skip;
-                }
+            (Sink::Tail(tail), Err(e)) => {
+                // Its readers end with the fill's own error.
+                tail.fail(&e);
+                return Err(e);
             }
-        }
+            (Sink::File { .. }, Err(e)) => return Err(e),
+            (Sink::Switching, _) => unreachable!("never seen outside `put`"),
+        };
+        let written = writer.written();
         let published = self
             .local
             .publish_blob(&self.route.key, &self.repo, writer, size, reservation)
-            .await?;
+            .await;
+        let published = match published {
+            Ok(published) => published,
+            // Size and digest were checked before the commit's fsync, mkdir
+            // and rename: the readers get the whole (verified) file, uncached.
+            Err(Error::Store(e)) if e.is_out_of_space() => {
+                self.disk_full(&e.to_string(), written, size, guard);
+                let tail = Tail::verified(written);
+                return Ok(FillState::Passing { size, file, tail });
+            }
+            Err(e) => return Err(e),
+        };
         let size = published.size();
         if let Published::Unindexed { .. } = published {
             // Every byte was verified: the readers get a complete body. Links
@@ -135,6 +162,12 @@ impl FillJob {
         } else {
             tracing::warn!(digest = %self.digest, repo = %self.repo, size, max_size, "no room in the cache budget (pinned content and fills in flight hold it); streaming without caching");
         }
+        self.pass_through(response, size)
+    }
+
+    /// The upstream body goes to one reader, hashed and verified, never
+    /// written to disk.
+    fn pass_through(&self, response: crate::upstream::Response, size: Option<u64>) -> FillState {
         let body = PassThrough::new(response.into_stream(), self.digest.clone(), size);
         FillState::PassThrough {
             size,
@@ -154,21 +187,144 @@ impl FillJob {
         Ok(committed.map(|(size, file)| FillState::Committed { size, file }))
     }
 
+    /// Receives the upstream body into `sink` batch by batch, resuming a body
+    /// that breaks; a file that cannot take a batch (the disk is full) turns
+    /// `sink` into a tail in memory and the rest goes there.
+    async fn stream_body(
+        &self,
+        sink: &mut Sink,
+        mut body: Body,
+        size: Option<u64>,
+        file: &Arc<std::fs::File>,
+        guard: &FillGuard,
+        progress: &watch::Sender<FillState>,
+    ) -> Result<(), Error> {
+        // Bytes of the current body already received (a resume answered 200).
+        let mut skip = 0u64;
+        let mut resumes = 0;
+        while let Some((batch, broke)) = next_batch(&mut body, &mut skip).await {
+            if !batch.is_empty() {
+                self.put(sink, size, batch, file, guard, progress).await?;
+            }
+            let received = sink.received();
+            match broke {
+                None => {}
+                // Every byte arrived before the break: the commit checks them.
+                Some(_) if size == Some(received) => break,
+                Some(e) => {
+                    // The connection broke mid-body: ask for the rest; readers
+                    // keep waiting on the same temp file meanwhile.
+                    let resumed = self.resume(received, size, e, &mut resumes).await?;
+                    body = body_of(resumed.response);
+                    skip = resumed.skip;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one batch to `sink`: to the file (and its readers), or, once the
+    /// file could not take one, to the tail.
+    async fn put(
+        &self,
+        sink: &mut Sink,
+        size: Option<u64>,
+        batch: Bytes,
+        file: &Arc<std::fs::File>,
+        guard: &FillGuard,
+        progress: &watch::Sender<FillState>,
+    ) -> Result<(), Error> {
+        if let Sink::File {
+            writer,
+            reservation,
+        } = sink
+        {
+            // A body without Content-Length reserves as it arrives, checking
+            // the budget and the disk's free space each batch.
+            let room = size.is_some() || reservation.grow(batch.len() as u64).await;
+            let refused = if room {
+                match self
+                    .write_batch(writer, size, batch.clone(), progress)
+                    .await
+                {
+                    Err(Error::Store(e)) if e.is_out_of_space() => {
+                        let cause = std::error::Error::source(&e).map(ToString::to_string);
+                        format!("{e}: {}", cause.unwrap_or_default())
+                    }
+                    done => return done,
+                }
+            } else {
+                "no room in the budget or on the disk for more of a blob without Content-Length"
+                    .to_owned()
+            };
+            let file_sink = std::mem::replace(sink, Sink::Switching);
+            *sink = Sink::Tail(self.pass_on(file_sink, size, &refused, file, guard, progress));
+        }
+        match sink {
+            Sink::Tail(tail) => tail.put(batch),
+            _ => unreachable!("the sink is a tail once the file refused a batch"),
+        }
+    }
+
+    /// The temp file cannot take more (`why`): it is deleted and its
+    /// reservation released, its readers go on from a tail in memory (hashed,
+    /// verified at the end, not cached), and an eviction pass makes room so
+    /// that the next request for the blob can cache it.
+    fn pass_on(
+        &self,
+        sink: Sink,
+        size: Option<u64>,
+        why: &str,
+        file: &Arc<std::fs::File>,
+        guard: &FillGuard,
+        progress: &watch::Sender<FillState>,
+    ) -> TailWriter {
+        let Sink::File {
+            writer,
+            reservation,
+        } = sink
+        else {
+            unreachable!("only a file sink passes on");
+        };
+        let (hasher, written) = writer.abandon();
+        drop(reservation);
+        self.disk_full(why, written, size, guard);
+        let tail = TailWriter::new(self.digest.clone(), hasher, written, size);
+        progress.send_replace(FillState::Passing {
+            size,
+            file: Arc::clone(file),
+            tail: Arc::clone(tail.tail()),
+        });
+        tail
+    }
+
+    /// The disk could not take the blob (`why`) after `written` bytes: logged
+    /// with the free space, counted, and an eviction pass makes room so that
+    /// the next request can cache it.
+    fn disk_full(&self, why: &str, written: u64, size: Option<u64>, guard: &FillGuard) {
+        tracing::warn!(
+            digest = %self.digest,
+            repo = %self.repo,
+            written,
+            size,
+            available = self.local.disk_available(),
+            error = %why,
+            "cannot write more of a blob (the disk is full); passing the rest to its readers uncached"
+        );
+        guard.passing();
+        self.local
+            .make_room_on_disk(size.unwrap_or(written).max(written));
+    }
+
     /// Writes one batch of body bytes to the temp file and publishes the new
     /// length to the fill's readers.
     async fn write_batch(
         &self,
         writer: &mut store::BlobWriter,
-        reservation: &mut Reservation,
         size: Option<u64>,
         batch: Bytes,
         progress: &watch::Sender<FillState>,
     ) -> Result<(), Error> {
-        if size.is_none() && !reservation.grow(batch.len() as u64).await {
-            return Err(Error::BadContent(
-                "a blob without Content-Length outgrew the cache budget".into(),
-            ));
-        }
         writer.write(batch.clone()).await?;
         let written = writer.written();
         if size.is_some_and(|size| written > size) {
@@ -218,6 +374,29 @@ impl FillJob {
             }
         }
         Err(fail(error))
+    }
+}
+
+/// Where a fill's body goes: its temp file (with the budget's reservation),
+/// or, once the file cannot take more, a tail in memory for its readers.
+enum Sink {
+    File {
+        writer: store::BlobWriter,
+        reservation: Reservation,
+    },
+    Tail(TailWriter),
+    /// Only while `put` moves the file sink into a tail.
+    Switching,
+}
+
+impl Sink {
+    /// Bytes of the body received so far.
+    fn received(&self) -> u64 {
+        match self {
+            Self::File { writer, .. } => writer.written(),
+            Self::Tail(tail) => tail.received(),
+            Self::Switching => unreachable!("never seen outside `put`"),
+        }
     }
 }
 

@@ -142,6 +142,18 @@ impl Local {
         self.evictor.reserve(bytes).await
     }
 
+    /// The file system's free space, for the log.
+    pub(super) fn disk_available(&self) -> Option<u64> {
+        self.evictor.disk_available()
+    }
+
+    /// Starts an eviction pass, in the background, that makes room on the
+    /// file system for `bytes` (a fill met a full disk).
+    pub(super) fn make_room_on_disk(&self, bytes: u64) {
+        let evictor = Arc::clone(&self.evictor);
+        tokio::spawn(async move { evictor.make_room_on_disk(bytes).await });
+    }
+
     /// The `limit` repositories with the most linked bytes (the status page).
     pub(super) async fn largest_repositories(
         &self,

@@ -23,6 +23,7 @@ mod referrers;
 mod revalidate;
 mod routes;
 mod scrub;
+mod tail;
 
 use std::sync::Arc;
 
@@ -144,7 +145,17 @@ impl Registry {
         confirm()
             .await
             .map_err(|e| Error::from_upstream(route.name(), e, not_found))?;
-        self.local.link(&route.key, repo, digest).await?;
+        self.link_confirmed(route, repo, digest).await;
         Ok(Outcome::Confirmed)
+    }
+
+    /// Records that the upstream of `route` just confirmed `repo` has
+    /// committed `digest`. A link the index cannot write (a full disk) does
+    /// not fail the request the upstream confirmed: it is logged, and the
+    /// next request asks the upstream again.
+    async fn link_confirmed(&self, route: &Route, repo: &RepoName, digest: &Digest) {
+        if let Err(e) = self.local.link(&route.key, repo, digest).await {
+            tracing::warn!(upstream = route.name(), %repo, %digest, error = %e, "cannot record a confirmed repository link; serving anyway");
+        }
     }
 }

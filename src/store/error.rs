@@ -50,6 +50,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The file system is out of space (ENOSPC) or the writer out of quota
+    /// (EDQUOT): the content is fine, the disk is not.
+    pub fn is_out_of_space(&self) -> bool {
+        let Self::Io { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
+    }
+
     /// For `map_err`: wraps an `io::Error` with what we were doing and to which path.
     pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
         let path = path.to_path_buf();

@@ -89,18 +89,22 @@ impl BlobWriter {
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
         let file = self.file.take().ok_or_else(|| self.broken())?;
         let len = chunk.len() as u64;
-        // The write runs on a blocking thread while this one hashes the same bytes.
+        // The write runs on a blocking thread while this one hashes the same
+        // bytes, into a copy of the hasher kept only if the write succeeds: the
+        // hasher always covers exactly `written` bytes (see `abandon`).
         let writing = {
             let file = Arc::clone(&file);
             let chunk = chunk.clone();
             tokio::task::spawn_blocking(move || (&*file).write_all(&chunk))
         };
-        self.hasher.update(&chunk);
+        let mut hasher = self.hasher.clone();
+        hasher.update(&chunk);
         writing
             .await
             .map_err(io::Error::other)
             .and_then(|written| written)
             .map_err(Error::io("write", &self.temp.path))?;
+        self.hasher = hasher;
         self.written += len;
         self.unsynced += len;
         self.start_writeback_if_due(&file);
@@ -178,6 +182,17 @@ impl BlobWriter {
             .await
             .map_err(|e| Error::io("publish", Path::new("tmp"))(io::Error::other(e)))??;
         Ok(written)
+    }
+
+    /// Gives the temp file up (it is deleted here; descriptors opened on it
+    /// still read what was written) and returns the hash of the `written`
+    /// bytes, for a caller that goes on hashing the rest without a disk. Valid
+    /// after a failed write too: a write's bytes are hashed only once written.
+    pub fn abandon(self) -> (Hasher, u64) {
+        let Self {
+            hasher, written, ..
+        } = self;
+        (hasher, written)
     }
 
     fn broken(&self) -> Error {

@@ -1,11 +1,12 @@
 //! [`Health`]: one upstream's circuit breaker. Consecutive failures that mean
 //! "the upstream cannot answer" (a connection refused or timed out, a stalled
-//! read, a 5xx, a 429) open the circuit after [`FAILURES_TO_OPEN`] of them, or
+//! read, a 5xx, a 429) open the circuit after `circuit_failures` of them, or
 //! at once on a 429 that says when to come back (`Retry-After`). While it is
 //! open, requests are refused at once with the cause ([`Refusal`]) instead of
 //! waiting for a timeout each; when the pause is over one request at a time
 //! goes through as a probe: an answer closes the circuit, a failure opens it
-//! again for twice as long (with jitter, up to [`MAX_OPEN`]).
+//! again for twice as long (from `circuit_backoff_min`, with jitter, up to
+//! `circuit_backoff_max`; [`CircuitSettings`]).
 //!
 //! Any other answer (a 2xx, a 404, a 401, a protocol error) shows the upstream
 //! is there and resets the count. The state is read by `regcache stats` (and
@@ -20,17 +21,40 @@ use serde::{Deserialize, Serialize};
 
 use super::Error;
 
-/// Consecutive failures that open the circuit.
+/// Consecutive failures that open the circuit, by default (`circuit_failures`).
 pub const FAILURES_TO_OPEN: u32 = 3;
-/// The first pause after the circuit opens.
-const FIRST_OPEN: Duration = Duration::from_secs(2);
-/// The longest pause (a `Retry-After` is honoured up to this too).
+/// The first pause after the circuit opens, by default (`circuit_backoff_min`).
+pub const FIRST_OPEN: Duration = Duration::from_secs(2);
+/// The longest pause, by default (`circuit_backoff_max`); a `Retry-After` is
+/// honoured up to this too.
 pub const MAX_OPEN: Duration = Duration::from_secs(300);
+
+/// When a circuit opens and for how long: an upstream's `circuit_*` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitSettings {
+    /// Consecutive failures that open the circuit (at least 1).
+    pub failures: u32,
+    /// The first pause; each reopening doubles it (± 20 % jitter)...
+    pub backoff_min: Duration,
+    /// ...up to this (at least `backoff_min`).
+    pub backoff_max: Duration,
+}
+
+impl Default for CircuitSettings {
+    fn default() -> Self {
+        Self {
+            failures: FAILURES_TO_OPEN,
+            backoff_min: FIRST_OPEN,
+            backoff_max: MAX_OPEN,
+        }
+    }
+}
 
 /// One upstream's circuit. Shared by every request to that upstream.
 #[derive(Debug)]
 pub struct Health {
     upstream: String,
+    settings: CircuitSettings,
     state: Mutex<State>,
 }
 
@@ -98,13 +122,14 @@ pub struct HealthReport {
 }
 
 impl Health {
-    pub fn new(upstream: &str) -> Self {
+    pub fn new(upstream: &str, settings: CircuitSettings) -> Self {
         Self {
             upstream: upstream.to_owned(),
+            settings,
             state: Mutex::new(State {
                 circuit: Circuit::Closed,
                 consecutive_failures: 0,
-                next_pause: FIRST_OPEN,
+                next_pause: settings.backoff_min,
                 opened: 0,
                 last_failure: None,
                 rate_limited: false,
@@ -163,7 +188,7 @@ impl Health {
         }
         state.circuit = Circuit::Closed;
         state.consecutive_failures = 0;
-        state.next_pause = FIRST_OPEN;
+        state.next_pause = self.settings.backoff_min;
         state.rate_limited = false;
     }
 
@@ -181,10 +206,11 @@ impl Health {
                 None
             }
         };
+        let max_open = self.settings.backoff_max;
         if let Circuit::Open { until, .. } = state.circuit {
             // A request let through before the circuit opened: it is open
             // already (longer only if the upstream asked for longer).
-            let asked = retry_after.map(|a| Instant::now() + a.min(MAX_OPEN));
+            let asked = retry_after.map(|a| Instant::now() + a.min(max_open));
             if let Some(later) = asked.filter(|later| *later > until) {
                 state.circuit = Circuit::Open {
                     until: later,
@@ -194,15 +220,15 @@ impl Health {
             return;
         }
         let opens =
-            probe || retry_after.is_some() || state.consecutive_failures >= FAILURES_TO_OPEN;
+            probe || retry_after.is_some() || state.consecutive_failures >= self.settings.failures;
         if !opens {
             return;
         }
         let pause = match retry_after {
-            Some(asked) => asked.min(MAX_OPEN),
-            None => with_jitter(state.next_pause),
+            Some(asked) => asked.min(max_open),
+            None => with_jitter(state.next_pause).min(max_open),
         };
-        state.next_pause = (state.next_pause * 2).min(MAX_OPEN);
+        state.next_pause = (state.next_pause * 2).min(max_open);
         state.opened += 1;
         state.circuit = Circuit::Open {
             until: Instant::now() + pause,
@@ -286,8 +312,37 @@ mod tests {
     }
 
     #[test]
+    fn the_configured_threshold_and_backoff_bound_the_circuit() {
+        let settings = CircuitSettings {
+            failures: 1,
+            backoff_min: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(11),
+        };
+        let health = Health::new("up", settings);
+        fail(&health, Error::ServerError { status: 503 });
+        let first = health.admit().expect_err("open after one failure").retry_in;
+        assert!(first > Duration::from_secs(7) && first <= Duration::from_secs(11));
+        // The pause doubles on a failed probe, but never past the maximum.
+        health.state().circuit = Circuit::Open {
+            until: Instant::now(),
+            until_wall: SystemTime::now(),
+        };
+        fail(&health, Error::ServerError { status: 503 });
+        let second = health.admit().expect_err("open again").retry_in;
+        assert!(second <= Duration::from_secs(11), "{second:?}");
+        let asked = Some(Duration::from_secs(3600));
+        health.state().circuit = Circuit::Open {
+            until: Instant::now(),
+            until_wall: SystemTime::now(),
+        };
+        fail(&health, Error::TooManyRequests { retry_after: asked });
+        let third = health.admit().expect_err("open on a 429").retry_in;
+        assert!(third <= Duration::from_secs(11), "{third:?}");
+    }
+
+    #[test]
     fn consecutive_failures_open_the_circuit_and_an_answer_resets_the_count() {
-        let health = Health::new("up");
+        let health = Health::new("up", CircuitSettings::default());
         fail(&health, Error::ServerError { status: 503 });
         fail(&health, Error::ServerError { status: 503 });
         // A 404 is an answer: the upstream is there.
@@ -309,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_429_with_retry_after_opens_at_once_for_that_long() {
-        let health = Health::new("up");
+        let health = Health::new("up", CircuitSettings::default());
         let asked = Duration::from_secs(30);
         fail(
             &health,
@@ -321,7 +376,7 @@ mod tests {
         assert!(refusal.rate_limited);
         assert!(refusal.retry_in > asked - Duration::from_secs(1) && refusal.retry_in <= asked);
         // A 429 without Retry-After counts like any failure.
-        let other = Health::new("other");
+        let other = Health::new("other", CircuitSettings::default());
         fail(&other, Error::TooManyRequests { retry_after: None });
         assert!(other.admit().is_ok());
     }
@@ -339,7 +394,7 @@ mod tests {
 
     #[test]
     fn one_probe_at_a_time_closes_or_reopens_the_circuit() {
-        let health = Health::new("up");
+        let health = Health::new("up", CircuitSettings::default());
         opened_and_elapsed(&health);
         let probe = health.admit().expect("the probe");
         let waiting = health.admit().expect_err("a probe is under way");
@@ -360,7 +415,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_probe_hands_the_turn_to_the_next_request() {
-        let health = Health::new("up");
+        let health = Health::new("up", CircuitSettings::default());
         opened_and_elapsed(&health);
         drop(health.admit().expect("the probe"));
         assert!(health.admit().is_ok(), "the next request probes");

@@ -38,7 +38,7 @@ use reqwest::{Method, StatusCode};
 use url::{Origin, Url};
 
 pub use error::{Cause, Error, RedirectRefusal, Transport};
-pub use health::{Health, HealthReport, Refusal};
+pub use health::{CircuitSettings, Health, HealthReport, Refusal};
 pub use probe::{HopRecord, PROBE_TIMEOUT};
 pub use rate_limit::{DEFAULT_RESERVE, RateLimit, RateLimitReport};
 pub use response::{ContentRange, Response};
@@ -179,7 +179,7 @@ impl Upstream {
                 .map_err(|_| Error::Protocol("manifest media types are not a header".into()))?,
             trace,
             hosts_seen: Default::default(),
-            health: Health::new(&config.name),
+            health: Health::new(&config.name, config.circuit),
             traffic: Arc::default(),
             rate_limit: RateLimit::new(&config.name, config.rate_limit_reserve),
         };

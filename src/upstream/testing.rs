@@ -198,6 +198,7 @@ pub(crate) fn config(url: &str) -> UpstreamConfig {
         idle_timeout: Duration::from_secs(5),
         revalidate_timeout: Duration::from_secs(5),
         rate_limit_reserve: crate::upstream::DEFAULT_RESERVE,
+        circuit: Default::default(),
         credentials: None,
         egress: Default::default(),
         probe_image: None,

@@ -558,3 +558,27 @@ async fn a_manifest_answer_is_taken_only_with_a_manifest_shape_and_at_most_4_mib
         assert_eq!(fake.hits_on(Host::Front, Method::GET, &path), 2, "{tag}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_circuit_threshold_of_one_opens_after_the_first_failure() {
+    let fake = FakeUpstream::k8s_like();
+    let circuit =
+        "circuit_failures = 1\ncircuit_backoff_min = \"30s\"\ncircuit_backoff_max = \"30s\"";
+    let regcache = regcache_for(&fake.url(), circuit);
+    fake.set_fail_status(Some(503));
+    let cold = |tag: &str| format!("{}/v2/team/app/manifests/{tag}", regcache.url());
+
+    let (status, _, _) = timed_get(&cold("first"), "*/*").await;
+    assert_eq!(status, 502, "the upstream's 503");
+    let opened = regcache.wait_for_log("upstream circuit open");
+    assert!(opened.contains("failures=1"), "{opened}");
+
+    // Open: the next miss fails at once with the cause, and nothing is sent.
+    let sent = fake.total_hits();
+    let (message, secs) = timed_error(&cold("second"), 502).await;
+    assert!(message.contains("circuit open"), "{message}");
+    assert!(secs < 1.0, "{secs}");
+    assert_eq!(fake.total_hits(), sent);
+    let circuit = open_circuit_in_stats(&regcache).await;
+    assert_eq!(circuit["consecutive_failures"], 1, "{circuit}");
+}

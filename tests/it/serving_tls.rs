@@ -3,7 +3,9 @@
 //! start; the certificate is replaced when its files change and on SIGHUP,
 //! without dropping open connections, and a broken new file leaves the old
 //! one in use. Real clients (skopeo, podman, containerd) pull over it with
-//! the test's CA in their certificate directories.
+//! the test's CA in their certificate directories. Connections that never
+//! finish their handshake count against `max_connections` (beyond it they are
+//! closed at once) and are dropped after `header_read_timeout`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use crate::support::clients::{self, By, Client, Platforms};
 use crate::support::fake::FakeUpstream;
 use crate::support::images;
 use crate::support::regcache::Regcache;
+use crate::support::sockets::{closed_by_server, idle};
 use crate::support::tls::TestCa;
 use crate::support::{config_toml_with, seed_image};
 
@@ -269,4 +272,43 @@ fn seed_images(fake: &FakeUpstream, image: &images::Image) {
         let tag = (m.digest == image.top).then_some(image.tag.as_str());
         fake.put_manifest(&image.repo, tag, &m.media_type, m.bytes.clone());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_count_against_max_connections_and_time_out_in_the_handshake() {
+    let ca = TestCa::new("handshake-limits");
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeUpstream::k8s_like();
+    let (cert, key) = ca.leaf(&["127.0.0.1"]).write(dir.path(), "server");
+    let text = tls_config(&fake.url(), &cert, &key.display().to_string()).replacen(
+        "[server]\n",
+        "[server]\nmax_connections = 3\nheader_read_timeout = \"2s\"\n",
+        1,
+    );
+    let rc = Regcache::builder().config_toml(text).start();
+
+    // Three clients connect and never start their handshake: the limit.
+    let connected = Instant::now();
+    let mut silent = idle(rc.addr(), 3);
+    let mut fourth = idle(rc.addr(), 1).remove(0);
+    assert!(
+        closed_by_server(&mut fourth, Duration::from_secs(1)),
+        "a connection beyond the limit is closed at once"
+    );
+    let client = client_for(&ca, true);
+    assert!(client.get(https(&rc, "/v2/")).send().await.is_err());
+    rc.wait_for_log("too many TLS handshakes in progress");
+
+    // The silent ones are dropped after header_read_timeout...
+    for (i, stream) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(stream, Duration::from_secs(10)),
+            "silent connection {i} still open"
+        );
+    }
+    let waited = connected.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    // ...and a real TLS client gets through.
+    let got = client.get(https(&rc, "/v2/")).send().await.unwrap();
+    assert_eq!(got.status(), 200);
 }

@@ -15,6 +15,15 @@ impl Tmpfs {
     /// A tmpfs of `size` (`mount -o size=`, e.g. `8m`), or `None` with the
     /// reason printed.
     pub fn mount(size: &str) -> Option<Tmpfs> {
+        Self::mount_with(&format!("size={size}"))
+    }
+
+    /// A tmpfs of `size` holding at most `inodes` files and directories.
+    pub fn mount_with_inodes(size: &str, inodes: u32) -> Option<Tmpfs> {
+        Self::mount_with(&format!("size={size},nr_inodes={inodes}"))
+    }
+
+    fn mount_with(options: &str) -> Option<Tmpfs> {
         let uid = Command::new("id").arg("-u").output().ok()?;
         if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
             eprintln!("skipped: mounting a tmpfs needs root");
@@ -22,7 +31,7 @@ impl Tmpfs {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .status();
         match status {

@@ -107,6 +107,13 @@ impl FakeUpstream {
             .insert(digest.to_owned(), n);
     }
 
+    /// Moves the pause of blob `digest` to byte `n`: a body paused before
+    /// it goes on up to there.
+    pub fn move_pause(&self, digest: &str, n: u64) {
+        self.pause_after(digest, n);
+        self.shared.wake();
+    }
+
     /// Lets paused bodies of `digest` continue.
     pub fn resume(&self, digest: &str) {
         self.shared.state().faults.pause_after.remove(digest);
