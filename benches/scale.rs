@@ -209,7 +209,11 @@ fn run_command(config: &Path, args: &[&str]) -> (Duration, f64, String) {
         .output()
         .expect("run regcache under /usr/bin/time");
     let took = started.elapsed();
-    assert!(output.status.success(), "regcache {args:?}: {}", output.status);
+    assert!(
+        output.status.success(),
+        "regcache {args:?}: {}",
+        output.status
+    );
     let kib: f64 = std::fs::read_to_string(rss_file.path())
         .ok()
         .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
@@ -247,9 +251,7 @@ fn print_size(f: &Figures) {
         f.evict_s, f.rss_evict, f.evicted
     );
     for (command, took, rss) in &f.commands {
-        println!(
-            "regcache {command:<20} {took:>9.2} s   peak RSS {rss:.0} MiB"
-        );
+        println!("regcache {command:<20} {took:>9.2} s   peak RSS {rss:.0} MiB");
     }
 }
 
@@ -261,22 +263,58 @@ fn print_table(all: &[Figures]) {
     }
     let mut rows: Vec<(String, Vec<f64>)> = vec![
         ("build (s)".into(), all.iter().map(|f| f.build_s).collect()),
-        ("start, first (s)".into(), all.iter().map(|f| f.start_first_s).collect()),
-        ("start, clean stop (s)".into(), all.iter().map(|f| f.start_clean_s).collect()),
-        ("start, kill -9 (s)".into(), all.iter().map(|f| f.start_killed_s).collect()),
-        ("RSS after start (MiB)".into(), all.iter().map(|f| f.rss_start).collect()),
-        ("RSS after hits (MiB)".into(), all.iter().map(|f| f.rss_hits).collect()),
-        ("RSS after eviction (MiB)".into(), all.iter().map(|f| f.rss_evict).collect()),
+        (
+            "start, first (s)".into(),
+            all.iter().map(|f| f.start_first_s).collect(),
+        ),
+        (
+            "start, clean stop (s)".into(),
+            all.iter().map(|f| f.start_clean_s).collect(),
+        ),
+        (
+            "start, kill -9 (s)".into(),
+            all.iter().map(|f| f.start_killed_s).collect(),
+        ),
+        (
+            "RSS after start (MiB)".into(),
+            all.iter().map(|f| f.rss_start).collect(),
+        ),
+        (
+            "RSS after hits (MiB)".into(),
+            all.iter().map(|f| f.rss_hits).collect(),
+        ),
+        (
+            "RSS after eviction (MiB)".into(),
+            all.iter().map(|f| f.rss_evict).collect(),
+        ),
     ];
     for (i, kind) in hits::KINDS.iter().enumerate() {
-        rows.push((format!("{kind:?} p50 (ms)"), all.iter().map(|f| f.p50[i]).collect()));
-        rows.push((format!("{kind:?} p99 (ms)"), all.iter().map(|f| f.p99[i]).collect()));
+        rows.push((
+            format!("{kind:?} p50 (ms)"),
+            all.iter().map(|f| f.p50[i]).collect(),
+        ));
+        rows.push((
+            format!("{kind:?} p99 (ms)"),
+            all.iter().map(|f| f.p99[i]).collect(),
+        ));
     }
-    rows.push(("concurrent p99 (ms)".into(), all.iter().map(|f| f.concurrent_p99).collect()));
-    rows.push(("eviction pass (s)".into(), all.iter().map(|f| f.evict_s).collect()));
+    rows.push((
+        "concurrent p99 (ms)".into(),
+        all.iter().map(|f| f.concurrent_p99).collect(),
+    ));
+    rows.push((
+        "eviction pass (s)".into(),
+        all.iter().map(|f| f.evict_s).collect(),
+    ));
     for (c, (command, _, _)) in all[0].commands.iter().enumerate() {
-        rows.push((format!("{command} (s)"), all.iter().map(|f| f.commands[c].1).collect()));
-        rows.push((format!("{command} RSS (MiB)"), all.iter().map(|f| f.commands[c].2).collect()));
+        rows.push((
+            format!("{command} (s)"),
+            all.iter().map(|f| f.commands[c].1).collect(),
+        ));
+        rows.push((
+            format!("{command} RSS (MiB)"),
+            all.iter().map(|f| f.commands[c].2).collect(),
+        ));
     }
     println!("\n== scale: one column per size; ratio = last / first");
     print!("| {:<26} |", "blobs");

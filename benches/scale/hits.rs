@@ -152,11 +152,7 @@ fn request(
         ),
         Kind::Blob => {
             let blob = &image.blobs[pick.below(image.blobs.len())];
-            (
-                format!("{base}/v2/{repo}/blobs/{blob}"),
-                None,
-                blob.clone(),
-            )
+            (format!("{base}/v2/{repo}/blobs/{blob}"), None, blob.clone())
         }
     }
 }
