@@ -360,10 +360,16 @@ mod tests {
             .unwrap();
         let (v1, v2): (Tag, Tag) = ("v1".parse().unwrap(), "v2".parse().unwrap());
         let now = SystemTime::now();
-        let tags = vec![(v1.clone(), a.digest.clone()), (v2.clone(), b.digest.clone())];
+        let tags = vec![
+            (v1.clone(), a.digest.clone()),
+            (v2.clone(), b.digest.clone()),
+        ];
         index.set_tags(UP, &app, tags, now).await.unwrap();
         assert_eq!(index.tags(UP, &app).await.unwrap(), ["v1", "v2"]);
-        assert_eq!(index.tag(UP, &app, &v2).await.unwrap().unwrap().digest, b.digest);
+        assert_eq!(
+            index.tag(UP, &app, &v2).await.unwrap().unwrap().digest,
+            b.digest
+        );
 
         let v3: Tag = "v3".parse().unwrap();
         let unknown = Digest::sha256_of(b"not indexed");
