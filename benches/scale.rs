@@ -100,9 +100,7 @@ fn main() {
     println!("CPU: {} ({} cores)", cpu_model(), cores());
     let mut all = Vec::new();
     for &blobs in &args.sizes {
-        let figures = measure(blobs, &args);
-        print_size(&figures);
-        all.push(figures);
+        all.push(measure(blobs, &args));
     }
     print_table(&all);
 }
@@ -187,6 +185,8 @@ fn measure(blobs: usize, args: &Args) -> Figures {
         f.commands
             .push((command.join(" "), took.as_secs_f64(), rss));
     }
+    print_size(&f);
+    // A million files take minutes to delete: the figures are out first.
     println!("deleting {}", root.path().display());
     drop(root);
     f
