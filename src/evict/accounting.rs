@@ -108,6 +108,11 @@ impl Evictor {
         }
     }
 
+    /// Whether a commit of `digest` is under way (an eviction pass must not pick it).
+    pub(super) fn is_committing(&self, digest: &Digest) -> bool {
+        lock(&self.busy).committing.contains_key(digest)
+    }
+
     /// Reserves `bytes` for a fill about to write them, evicting first if they
     /// would not fit under `max_size` or in the file system's free space.
     pub async fn reserve(self: &Arc<Self>, bytes: u64) -> Admission {

@@ -11,6 +11,10 @@ use crate::index::{Index, LruRow};
 use crate::oci::Digest;
 use crate::store::Store;
 
+/// Rows of the LRU order read per page: a pass holds one page and its
+/// victims, never every row (a million rows would be some 150 MiB).
+const LRU_PAGE: usize = 4096;
+
 /// Rows `collect` deletes per transaction: a running server's index writes
 /// wait at most for one such batch (milliseconds), however much is evicted.
 const COLLECT_BATCH: usize = 32;
@@ -34,8 +38,8 @@ pub async fn collect(
     let usage = index.content_bytes().await?;
     let pins = pins.with_runtime(index).await?;
     let pinned = pins.pinned_digests(index, store).await?;
-    let rows = index.content_by_last_access().await?;
-    let pinned_bytes = sum_pinned(&rows, &pinned);
+    let pinned_bytes = sum_pinned(index, &pinned).await?;
+    let rows = least_recent(index, &pinned, usage, target_bytes, |_| false, LRU_PAGE).await?;
     let victims = pick(rows, &pinned, usage, target_bytes, |_| false);
     let mut evicted = Vec::with_capacity(victims.len());
     // Small transactions: the server's commits wait for each one, not for all.
@@ -61,18 +65,46 @@ pub async fn collect(
 /// the runtime pins ([`Pins::with_runtime`]) when they want them.
 pub async fn pinned_bytes(index: &Index, store: &Store, pins: &Pins) -> Result<u64, Error> {
     let pinned = pins.pinned_digests(index, store).await?;
-    if pinned.is_empty() {
-        return Ok(0);
-    }
-    let rows = index.content_by_last_access().await?;
-    Ok(sum_pinned(&rows, &pinned))
+    sum_pinned(index, &pinned).await
 }
 
-fn sum_pinned(rows: &[LruRow], pinned: &HashSet<Digest>) -> u64 {
-    rows.iter()
-        .filter(|r| pinned.contains(&r.digest))
-        .map(|r| r.size)
-        .sum()
+/// Bytes of the committed content among `pinned`.
+async fn sum_pinned(index: &Index, pinned: &HashSet<Digest>) -> Result<u64, Error> {
+    Ok(index.bytes_of(pinned.iter().cloned().collect()).await?)
+}
+
+/// The least recently used rows, read a page at a time, that are neither
+/// pinned nor named by `skip`, until their sizes bring `usage` down to
+/// `target` (or the rows run out): what [`pick`] chooses from.
+async fn least_recent(
+    index: &Index,
+    pinned: &HashSet<Digest>,
+    usage: u64,
+    target: u64,
+    skip: impl Fn(&Digest) -> bool,
+    page_rows: usize,
+) -> Result<Vec<LruRow>, Error> {
+    let mut left = usage;
+    let mut chosen = Vec::new();
+    let mut after = None;
+    while left > target {
+        let (page, next) = index.lru_page(after, page_rows).await?;
+        for row in page {
+            if left <= target {
+                break;
+            }
+            if pinned.contains(&row.digest) || skip(&row.digest) {
+                continue;
+            }
+            left = left.saturating_sub(row.size);
+            chosen.push(row);
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(chosen)
 }
 
 /// The least recently used rows (in `rows`' order) to delete so that `usage`
@@ -137,8 +169,12 @@ impl Evictor {
         // socket or by another process, they count from the next pass on.
         let pins = self.pins.with_runtime(&self.index).await?;
         let pinned = pins.pinned_digests(&self.index, &self.store).await?;
-        let rows = self.index.content_by_last_access().await?;
-        let pinned_bytes = sum_pinned(&rows, &pinned);
+        let pinned_bytes = sum_pinned(&self.index, &pinned).await?;
+        // Candidates skip what commits hold now; `pick` checks again under
+        // the lock that marks them (a commit begun meanwhile is skipped, and
+        // this pass may then free a little less than it aimed at).
+        let skip = |d: &Digest| self.is_committing(d);
+        let rows = least_recent(&self.index, &pinned, committed, target, skip, LRU_PAGE).await?;
         let marked =
             self.mark_evicting(|committing| pick(rows, &pinned, committed, target, committing));
         // Rows first: from here on nothing serves these digests as hits.
@@ -187,5 +223,44 @@ impl Evictor {
         if let Err(e) = self.pass(self.budget.high(), 0).await {
             tracing::warn!(error = %e, "eviction failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::ContentRow;
+
+    #[tokio::test]
+    async fn candidates_are_read_page_by_page_skipping_pinned_and_held_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let rows: Vec<ContentRow> = (0..7u8)
+            .map(|n| ContentRow {
+                digest: Digest::sha256_of(&[n]),
+                size: 10,
+                media_type: None,
+            })
+            .collect();
+        let digests: Vec<Digest> = rows.iter().map(|r| r.digest.clone()).collect();
+        let repo = "app".parse().unwrap();
+        index.insert_contents(rows, "up", &repo).await.unwrap();
+        // Same access time for all: insertion order is the LRU order.
+        let pinned: HashSet<Digest> = [digests[1].clone()].into();
+        let held = digests[2].clone();
+        let skip = |d: &Digest| *d == held;
+        // 70 bytes down to 35: four rows of 10, none pinned or held, over
+        // pages of two rows.
+        let chosen = least_recent(&index, &pinned, 70, 35, skip, 2)
+            .await
+            .unwrap();
+        let chosen: Vec<_> = chosen.into_iter().map(|r| r.digest).collect();
+        let want = [&digests[0], &digests[3], &digests[4], &digests[5]].map(Clone::clone);
+        assert_eq!(chosen, want);
+        // Asking for more than there is stops at the last page.
+        let all = least_recent(&index, &HashSet::new(), 70, 0, |_| false, 3)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 7);
     }
 }

@@ -18,6 +18,13 @@ pub struct LruRow {
     pub last_access: i64,
 }
 
+/// Where a page of the LRU order ended (its last row's access time and rowid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LruCursor {
+    last_access: i64,
+    rowid: i64,
+}
+
 /// One tag mapping, for pin matching.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TagLink {
@@ -38,22 +45,66 @@ impl Index {
         .await
     }
 
-    /// Every content row, least recently used first (ties: oldest row first).
-    pub async fn content_by_last_access(&self) -> Result<Vec<LruRow>, Error> {
-        self.read("content_by_last_access", |conn| {
-            let sql = "SELECT digest, size, last_access FROM content \
-                       ORDER BY last_access, rowid";
+    /// Up to `limit` content rows in least-recently-used order (ties: oldest
+    /// row first), from where `after` left off (the start without it), and
+    /// where the next page starts (`None`: this was the last). One short read
+    /// on the `last_access` index per page: an eviction pass reads only as far
+    /// as it evicts, never the whole table.
+    pub async fn lru_page(
+        &self,
+        after: Option<LruCursor>,
+        limit: usize,
+    ) -> Result<(Vec<LruRow>, Option<LruCursor>), Error> {
+        let after = after.unwrap_or(LruCursor {
+            last_access: i64::MIN,
+            rowid: i64::MIN,
+        });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("lru_page", move |conn| {
+            let sql = "SELECT digest, size, last_access, rowid FROM content \
+                       WHERE (last_access, rowid) > (?1, ?2) \
+                       ORDER BY last_access, rowid LIMIT ?3";
             let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map([], |row| {
+            let mut rows = Vec::new();
+            let mut next = None;
+            let mut found = stmt.query(params![after.last_access, after.rowid, limit])?;
+            while let Some(row) = found.next()? {
                 let size: i64 = row.get(1)?;
-                Ok(LruRow {
+                let last_access = row.get(2)?;
+                next = Some(LruCursor {
+                    last_access,
+                    rowid: row.get(3)?,
+                });
+                rows.push(LruRow {
                     digest: row.get(0)?,
                     size: u64::try_from(size)
                         .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(1, size))?,
-                    last_access: row.get(2)?,
-                })
-            })?;
-            rows.collect()
+                    last_access,
+                });
+            }
+            let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit;
+            Ok((rows, next.filter(|_| full)))
+        })
+        .await
+    }
+
+    /// The sum of the sizes of those of `digests` that have a row (pinned
+    /// bytes), one primary-key lookup each.
+    pub async fn bytes_of(&self, digests: Vec<Digest>) -> Result<u64, Error> {
+        if digests.is_empty() {
+            return Ok(0);
+        }
+        self.read("bytes_of", move |conn| {
+            let sql = "SELECT size FROM content WHERE digest = ?1";
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut total = 0u64;
+            for digest in &digests {
+                let mut rows = stmt.query([digest])?;
+                if let Some(row) = rows.next()? {
+                    total += u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
+                }
+            }
+            Ok(total)
         })
         .await
     }
@@ -197,14 +248,15 @@ mod tests {
             .record_accesses(vec![(a.clone(), now - 1000)])
             .await
             .unwrap();
-        let order: Vec<_> = index
-            .content_by_last_access()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.digest)
-            .collect();
-        assert_eq!(order, [b, a]);
+        let (first, next) = index.lru_page(None, 1).await.unwrap();
+        let (second, _) = index.lru_page(next, 1).await.unwrap();
+        let order: Vec<_> = first.into_iter().chain(second).map(|r| r.digest).collect();
+        assert_eq!(order, [b.clone(), a.clone()]);
+        // A page that is not full is the last one.
+        let (all, last) = index.lru_page(None, 10).await.unwrap();
+        assert_eq!((all.len(), last), (2, None));
+        let never = Digest::sha256_of(b"never");
+        assert_eq!(index.bytes_of(vec![a, never]).await.unwrap(), 4);
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use error::Error;
-pub use lru::{LruRow, TagLink};
+pub use lru::{LruCursor, LruRow, TagLink};
 pub use ops::{Access, ListingRow, Summary};
 pub use pins::PinRow;
 pub use usage::RepoUsage;
@@ -300,6 +300,42 @@ impl Index {
             let sql = "SELECT digest, size, media_type FROM content ORDER BY digest";
             let mut stmt = conn.prepare(sql)?;
             let rows = stmt.query_map([], content_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Up to `limit` content rows with digests after `after` (from the first
+    /// without it), sorted by digest: a walk over the whole table one page at
+    /// a time (`verify`), each page one short read on the primary key.
+    pub async fn content_page(
+        &self,
+        after: Option<Digest>,
+        limit: usize,
+    ) -> Result<Vec<ContentRow>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("content_page", move |conn| {
+            let sql = "SELECT digest, size, media_type FROM content \
+                       WHERE digest > coalesce(?1, '') ORDER BY digest LIMIT ?2";
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![after, limit], content_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The content rows whose digest, as text, is at least `from` and below
+    /// `to` (`"sha256:ab"`..`"sha256:ac"`: one shard of the store), sorted.
+    pub async fn content_between(
+        &self,
+        from: String,
+        to: String,
+    ) -> Result<Vec<ContentRow>, Error> {
+        self.read("content_between", move |conn| {
+            let sql = "SELECT digest, size, media_type FROM content \
+                       WHERE digest >= ?1 AND digest < ?2 ORDER BY digest";
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![from, to], content_row)?;
             rows.collect()
         })
         .await

@@ -14,7 +14,7 @@ use rusqlite::params;
 
 use super::db::Db;
 use super::{ContentRow, Error, Index, insert_link, unix_seconds};
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, RepoName, Tag};
 
 /// How an operator command opens the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +221,36 @@ impl Index {
     }
 }
 
+impl Index {
+    /// `set_tag` for many tags of one repository in one transaction (used, like
+    /// `insert_contents`, to build large test and benchmark indexes). Every
+    /// target must be indexed, else nothing is written.
+    pub async fn set_tags(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tags: Vec<(Tag, Digest)>,
+        checked_at: SystemTime,
+    ) -> Result<(), Error> {
+        let (upstream, repo) = (upstream.to_owned(), repo.as_str().to_owned());
+        let millis = super::columns::unix_millis(checked_at);
+        self.write("set_tags", move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let sql = "INSERT INTO tags (upstream, repo, tag, digest, checked_at) \
+                           VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (upstream, repo, tag) \
+                           DO UPDATE SET digest = excluded.digest, checked_at = excluded.checked_at";
+                let mut stmt = tx.prepare_cached(sql)?;
+                for (tag, digest) in &tags {
+                    stmt.execute(params![upstream, repo, tag.as_str(), digest, millis])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+}
+
 /// Upstream, repository, tag, digest; unlinked content last and, within a
 /// repository, tagged rows before untagged ones.
 fn listing_order(a: &ListingRow, b: &ListingRow) -> std::cmp::Ordering {
@@ -256,7 +286,6 @@ fn time_from_seconds(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Sy
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::Tag;
 
     const UP: &str = "registry.k8s.io";
 
@@ -317,6 +346,36 @@ mod tests {
         assert_eq!((summary.blobs(), summary.blob_bytes()), (2, 7));
         // Read-only really is read-only.
         assert!(ro.remove_content(&m.digest).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn set_tags_writes_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let app: RepoName = "app".parse().unwrap();
+        let (a, b) = (row(b"a", true), row(b"b", true));
+        index
+            .insert_contents(vec![a.clone(), b.clone()], UP, &app)
+            .await
+            .unwrap();
+        let (v1, v2): (Tag, Tag) = ("v1".parse().unwrap(), "v2".parse().unwrap());
+        let now = SystemTime::now();
+        let tags = vec![
+            (v1.clone(), a.digest.clone()),
+            (v2.clone(), b.digest.clone()),
+        ];
+        index.set_tags(UP, &app, tags, now).await.unwrap();
+        assert_eq!(index.tags(UP, &app).await.unwrap(), ["v1", "v2"]);
+        assert_eq!(
+            index.tag(UP, &app, &v2).await.unwrap().unwrap().digest,
+            b.digest
+        );
+
+        let v3: Tag = "v3".parse().unwrap();
+        let unknown = Digest::sha256_of(b"not indexed");
+        let tags = vec![(v3, a.digest.clone()), (v1.clone(), unknown)];
+        assert!(index.set_tags(UP, &app, tags, now).await.is_err());
+        assert_eq!(index.tags(UP, &app).await.unwrap(), ["v1", "v2"]);
     }
 
     #[tokio::test]
