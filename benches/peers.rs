@@ -110,6 +110,11 @@ const M_GET: &str = "manifest GET req/s";
 const M_HEAD: &str = "manifest HEAD req/s";
 const SMALL: &str = "4 KiB blob GET req/s";
 const MEDIUM: &str = "6 MiB blob GET GB/s";
+// The server's CPU per unit of work in the same loads (lower is better; the
+// load generator's CPU is not counted).
+const M_GET_CPU: &str = "manifest GET server CPU-µs/req";
+const SMALL_CPU: &str = "4 KiB blob GET server CPU-µs/req";
+const MEDIUM_CPU: &str = "6 MiB blob GET server CPU-s/GB";
 
 /// The warm peers measured: the four, `baseline` when given, the TLS twins
 /// of nginx and regcache with `--tls`; only those named in `--warm-peers`
@@ -270,7 +275,9 @@ fn main() {
             "Warm, {} connections, {} rounds × {} s",
             args.conns, args.rounds, args.duration
         ),
-        &[M_GET, M_HEAD, SMALL, MEDIUM],
+        &[
+            M_GET, M_HEAD, SMALL, MEDIUM, M_GET_CPU, SMALL_CPU, MEDIUM_CPU,
+        ],
         &warm_peers(&args),
     );
     if args.tls {
@@ -280,7 +287,7 @@ fn main() {
             .collect();
         samples.print_pairs(
             "Warm over TLS versus plain HTTP (same run)",
-            &[M_GET, SMALL, MEDIUM],
+            &[M_GET, SMALL, MEDIUM, M_GET_CPU, SMALL_CPU, MEDIUM_CPU],
             &pairs,
         );
     }
@@ -346,10 +353,14 @@ async fn warm_phase(
         eprintln!("peers: warm round {}/{}", round + 1, args.rounds);
         for name in rotated(&names, round) {
             let endpoint = peers.endpoint(name);
+            let pid = peers.warm(name).pid();
             let base = endpoint.url;
             let manifest = format!("{base}{}", Seeded::manifest_path());
-            let load = load::wrk(dir, &manifest, ACCEPT, args.conns, duration);
+            let (load, cpu) = with_cpu(pid, || {
+                load::wrk(dir, &manifest, ACCEPT, args.conns, duration)
+            });
             record(samples, M_GET, name, load, load.requests_per_s());
+            samples.add(M_GET_CPU, name, cpu * 1e6 / load.requests.max(1) as f64);
             // The raw HEAD generator speaks plain HTTP only.
             if let Some(addr) = endpoint.plain_addr {
                 let load = load::raw(
@@ -364,13 +375,26 @@ async fn warm_phase(
                 record(samples, M_HEAD, name, load, load.requests_per_s());
             }
             let small = format!("{base}{}", Seeded::blob_path(&seeded.small_digest));
-            let load = load::wrk(dir, &small, ACCEPT, args.conns, duration);
+            let (load, cpu) =
+                with_cpu(pid, || load::wrk(dir, &small, ACCEPT, args.conns, duration));
             record(samples, SMALL, name, load, load.requests_per_s());
+            samples.add(SMALL_CPU, name, cpu * 1e6 / load.requests.max(1) as f64);
             let medium = format!("{base}{}", Seeded::blob_path(&seeded.medium_digest));
-            let load = load::wrk(dir, &medium, ACCEPT, args.conns, duration);
+            let (load, cpu) = with_cpu(pid, || {
+                load::wrk(dir, &medium, ACCEPT, args.conns, duration)
+            });
             record(samples, MEDIUM, name, load, load.gb_per_s());
+            samples.add(MEDIUM_CPU, name, cpu / (load.bytes.max(1) as f64 / 1e9));
         }
     }
+}
+
+/// Runs a load and returns it with the CPU seconds the server `pid` (and its
+/// children) spent meanwhile.
+fn with_cpu(pid: u32, load: impl FnOnce() -> load::Load) -> (load::Load, f64) {
+    let before = procs::cpu_seconds(pid);
+    let load = load();
+    (load, procs::cpu_seconds(pid) - before)
 }
 
 fn record(samples: &mut Samples, measure: &str, peer: &str, load: load::Load, value: f64) {

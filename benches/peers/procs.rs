@@ -465,6 +465,31 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU seconds (user + system) a process and its child processes have used
+/// so far, from `/proc/<pid>/stat` (nginx serves from worker processes, so its
+/// master's own time alone would be near zero). Clock ticks are `USER_HZ`,
+/// 100 on every Linux this bench runs on (`getconf CLK_TCK`).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let ticks: u64 = std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .filter_map(own_cpu_ticks)
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// utime + stime of one process, in clock ticks.
+fn own_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Deletes `dir` and everything in it, then creates it empty.
 pub fn wipe(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
