@@ -524,10 +524,31 @@ fn upstream_measure(shaping: Option<f64>) -> String {
     format!("upstream bytes / blob ({})", shaping_label(shaping))
 }
 
+/// The cache's own CPU seconds for one cold pull (user + system, until its
+/// upstream traffic settled); none for `direct`.
+fn cpu_measure(shaping: Option<f64>) -> String {
+    format!("server CPU s ({})", shaping_label(shaping))
+}
+
+/// How busy the whole machine was during a pull (all cores; 1.0 = every
+/// core busy all the time): near 1.0, the pull is bounded by CPU, and doing
+/// its steps side by side cannot make it faster.
+fn busy_measure(shaping: Option<f64>) -> String {
+    format!("machine busy fraction ({})", shaping_label(shaping))
+}
+
 fn cold_measures(args: &Args) -> Vec<&'static str> {
     shapings(args)
         .into_iter()
-        .flat_map(|s| [first_byte_measure(s), total_measure(s), upstream_measure(s)])
+        .flat_map(|s| {
+            [
+                first_byte_measure(s),
+                total_measure(s),
+                upstream_measure(s),
+                cpu_measure(s),
+                busy_measure(s),
+            ]
+        })
         .map(|m| &*Box::leak(m.into_boxed_str()))
         .collect()
 }
@@ -545,9 +566,21 @@ async fn cold_phase(args: &Args, peers: &mut Peers, seeded: &Seeded, samples: &m
             );
             for name in rotated(&names, round) {
                 let base = cold_base(peers, name, shaping);
+                let pid = cold_pid(peers, name);
                 peers.relay.reset_bytes();
+                let cpu_before = pid.map(procs::cpu_seconds);
+                let machine_before = procs::machine_ticks();
                 let pulled = pull::pull(&format!("{base}{path}"), seeded.big_size, false).await;
+                let machine = procs::machine_ticks().busy_since(&machine_before);
                 let upstream = settled_bytes(&peers.relay).await as f64 / seeded.big_size as f64;
+                if let (Some(pid), Some(before)) = (pid, cpu_before) {
+                    samples.add(
+                        &cpu_measure(shaping),
+                        name,
+                        procs::cpu_seconds(pid) - before,
+                    );
+                }
+                samples.add(&busy_measure(shaping), name, machine);
                 samples.add(
                     &first_byte_measure(shaping),
                     name,
@@ -595,6 +628,18 @@ fn cold_base(peers: &mut Peers, name: &str, shaping: Option<f64>) -> String {
     };
     peers.relay.shape(shaping);
     base
+}
+
+/// The process of a cold peer (the cache), none for `direct`.
+fn cold_pid(peers: &Peers, name: &str) -> Option<u32> {
+    let peer = match name {
+        "regcache" => &peers.regcache,
+        "baseline" => peers.baseline.as_ref()?,
+        "proxy" => &peers.proxy,
+        "nginx" => &peers.nginx,
+        _ => return None,
+    };
+    Some(peer.running().pid())
 }
 
 fn restart(peer: &mut Restartable) -> String {

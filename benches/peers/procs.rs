@@ -479,6 +479,41 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTicks {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineTicks {
+    /// The fraction of all cores' time that was busy since `before`.
+    pub fn busy_since(&self, before: &MachineTicks) -> f64 {
+        let total = self.total.saturating_sub(before.total).max(1);
+        self.busy.saturating_sub(before.busy) as f64 / total as f64
+    }
+}
+
+/// Reads the machine's CPU time (idle and iowait count as not busy).
+pub fn machine_ticks() -> MachineTicks {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .expect("/proc/stat has a cpu line")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    MachineTicks {
+        busy: total - idle,
+        total,
+    }
+}
+
 /// utime + stime of one process, in clock ticks.
 fn own_cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
