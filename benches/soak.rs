@@ -487,6 +487,10 @@ fn summary(
         tally.known_cached.load(Ordering::Relaxed).to_string(),
     );
     row(
+        "requests sent again: a kept-alive connection closed before answering",
+        tally.resent.load(Ordering::Relaxed).to_string(),
+    );
+    row(
         "expected failures (misses meeting a fault)",
         tally.expected.load(Ordering::Relaxed).to_string(),
     );

@@ -78,6 +78,9 @@ pub struct Tally {
     /// Requests sent for content known to be cached (see the module doc):
     /// the answers the error rules for cached content were applied to.
     pub known_cached: AtomicU64,
+    /// Requests sent a second time because a kept-alive connection closed
+    /// before answering them (see `Pullers::send`).
+    pub resent: AtomicU64,
     /// Expected failures by kind: count and the first message.
     pub expected_by_kind: Mutex<BTreeMap<String, (u64, String)>>,
 }
@@ -298,10 +301,29 @@ impl Pullers {
         format!("{}{path}", self.base)
     }
 
-    /// Sends `request`, waiting at most `bound` for the answer's head.
+    /// Sends `request`, waiting at most `bound` for the answer's head. A
+    /// request that met a kept-alive connection closing under it is sent once
+    /// more, as Go's net/http (containerd, CRI-O, podman, skopeo, Docker)
+    /// does for GET and HEAD (RFC 9112 §9.3.1): a server closes an idle
+    /// connection at its keep-alive timeout, and a request the client sent at
+    /// that moment gets no answer. reqwest keeps an idle connection 90 s,
+    /// regcache 60 s. Counted apart (`Tally::resent`), never hidden.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let again = request.try_clone();
         match timeout(self.bound, request.send()).await {
             Err(_) => Err(Failure::Hung("no answer")),
+            Ok(Err(e)) if closed_before_answer(&e) && again.is_some() => {
+                self.tally.resent.fetch_add(1, Ordering::Relaxed);
+                let again = again.expect("checked");
+                match timeout(self.bound, again.send()).await {
+                    Err(_) => Err(Failure::Hung("no answer")),
+                    Ok(Err(e)) => Err(Failure::Connection(format!(
+                        "{} (sent again after: connection closed before an answer)",
+                        error_chain(&e)
+                    ))),
+                    Ok(Ok(response)) => Ok(response),
+                }
+            }
             Ok(Err(e)) => Err(Failure::Connection(error_chain(&e))),
             Ok(Ok(response)) => Ok(response),
         }
@@ -745,6 +767,19 @@ fn inode(file: &std::path::Path) -> Option<u64> {
 }
 
 /// An error with its sources (reqwest's own message hides the cause).
+/// The connection closed before any answer to a request sent on it (hyper's
+/// "connection closed before message completed").
+fn closed_before_answer(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            return e.is_incomplete_message();
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
