@@ -9,7 +9,8 @@
 //! do: wrong bytes or digest with a 2xx, a 4xx (everything exists upstream),
 //! a 5xx or a broken body for content that was cached, no answer (or a
 //! stalled body) past `bound`, a refused or reset connection. Content counts
-//! as cached for a request when this bench was earlier served it whole through
+//! as cached for a request when this bench was earlier served it whole, not
+//! bypassing the cache (`Cache-Status: regcache; fwd=bypass`), through
 //! the same repository (for a tag: its manifest, verified) and the file that
 //! served it then (`blobs/…`, same inode) is still there before the request
 //! and after the answer, and again 2 s later (eviction deletes index rows
@@ -573,14 +574,22 @@ impl Pullers {
             };
             (request, what, stop_at)
         };
+        let mut bypassed = false;
         let result = match self.send(request).await {
-            Ok(response) => self.blob_answer(response, blob, kind, stop_at).await,
+            Ok(response) => {
+                bypassed = bypassed_cache(&response);
+                self.blob_answer(response, blob, kind, stop_at).await
+            }
             Err(f) => Err(f),
         };
         match result {
-            // A body dropped part-way proves nothing about the cache.
+            // A body dropped part-way proves nothing about the cache, nor does
+            // one regcache streamed past it (`fwd=bypass`: say a fill for
+            // another repository was passing its body to its own client): the
+            // file may then be another repository's, which this repository
+            // must be confirmed for upstream before it is served from it.
             Ok(whole) => {
-                if whole {
+                if whole && !bypassed {
                     self.remember_blob(repo, &blob.digest);
                 }
             }
@@ -767,6 +776,16 @@ fn inode(file: &std::path::Path) -> Option<u64> {
 }
 
 /// An error with its sources (reqwest's own message hides the cause).
+/// Whether regcache answered without its cache (`Cache-Status: regcache;
+/// fwd=bypass`, RFC 9211).
+fn bypassed_cache(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("fwd=bypass"))
+}
+
 /// The connection closed before any answer to a request sent on it (hyper's
 /// "connection closed before message completed").
 fn closed_before_answer(error: &reqwest::Error) -> bool {
