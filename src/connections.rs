@@ -4,8 +4,9 @@
 //! header-read timeout (hyper's), a keep-alive idle timeout, a number of
 //! requests per connection, and a bounded drain at shutdown.
 //!
-//! It knows connections, not the API: every answer, the 503 included, comes
-//! from the router or `api`, and it never reads or changes a request.
+//! It knows connections, not the API: every answer, the 503 and the size
+//! refusals included, comes from the router or `api` (which it asks about a
+//! request's size before routing it), and it never changes a request.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -133,7 +134,7 @@ impl Server {
         io: I,
         addr: SocketAddr,
         _slot: OwnedSemaphorePermit,
-        mut reclaim: watch::Receiver<u64>,
+        reclaim: watch::Receiver<u64>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -143,28 +144,25 @@ impl Server {
             .http
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
-        let mut stopping = self.stopping.subscribe();
-        let mut tick = tokio::time::interval(tick_for(self.limits.keepalive_timeout));
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(client = %addr, error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = stopping.changed(), if !closing => closing = true,
-                _ = reclaim.changed(), if !closing => closing = activity.is_idle(),
-                _ = tick.tick(), if !closing => {
-                    closing = activity.idle_for() >= self.limits.keepalive_timeout
-                        || activity.served() >= self.limits.max_requests_per_connection;
-                }
-            }
-            if closing {
-                connection.as_mut().graceful_shutdown();
-            }
+        // When to close is decided by a task of its own, woken by shutdown,
+        // reclaims and its tick, never by this connection's traffic: polled
+        // here, beside the connection, those signals cost a lock on a shared
+        // `watch` on every wakeup of a busy connection.
+        let (close, mut closing) = tokio::sync::oneshot::channel();
+        let _watcher = AbortOnDrop(tokio::spawn(watch_for_close(
+            self.stopping.subscribe(),
+            reclaim,
+            activity,
+            self.limits,
+            close,
+        )));
+        tokio::select! {
+            biased;
+            result = connection.as_mut() => return log_end(addr, result),
+            _ = &mut closing => {}
         }
+        connection.as_mut().graceful_shutdown();
+        log_end(addr, connection.await);
     }
 
     /// The router for one connection's requests, with the client's address
@@ -189,7 +187,13 @@ impl Server {
             let last = busy.number >= max;
             let app = app.clone();
             Box::pin(async move {
-                let Ok(response) = app.oneshot(request.map(axum::body::Body::new)).await;
+                let response = match crate::api::refused(&request) {
+                    Some(refused) => refused,
+                    None => {
+                        let Ok(response) = app.oneshot(request.map(axum::body::Body::new)).await;
+                        response
+                    }
+                };
                 // The request counts as in flight until its body is sent.
                 let mut response = response.map(|body| Tracked { body, _busy: busy });
                 if last {
@@ -273,6 +277,51 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Until one of them says so: shutdown began, an idle connection was asked
+/// to give its slot back, or the connection idled past `keepalive_timeout` or
+/// served `max_requests_per_connection`. Then `close` fires; it returns without
+/// firing once the connection has ended (`close` is closed).
+async fn watch_for_close(
+    mut stopping: watch::Receiver<bool>,
+    mut reclaim: watch::Receiver<u64>,
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+    mut close: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut tick = tokio::time::interval(tick_for(limits.keepalive_timeout));
+    loop {
+        let closing = tokio::select! {
+            _ = stopping.changed() => true,
+            _ = reclaim.changed() => activity.is_idle(),
+            _ = tick.tick() => {
+                activity.idle_for() >= limits.keepalive_timeout
+                    || activity.served() >= limits.max_requests_per_connection
+            }
+            () = close.closed() => return,
+        };
+        if closing {
+            let _ = close.send(());
+            return;
+        }
+    }
+}
+
+fn log_end(client: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        tracing::debug!(%client, error = %e, "connection ended with an error");
+    }
+}
+
+/// Aborts a connection's watcher task when the connection's task ends, also
+/// when it is dropped mid-way.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

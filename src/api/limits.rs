@@ -20,15 +20,24 @@ pub const MAX_HEADERS: usize = 100;
 /// Most bytes of header names and values in one request.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-/// Answers an oversized request target or header block before routing.
+/// Middleware: answers an oversized request target or header block before
+/// routing (the metrics listener's; the API's connections ask [`refused`]).
 pub(super) async fn check(request: Request, next: Next) -> Response {
-    if let Some(refused) = refusal(&request) {
-        return refused.into_response();
+    if let Some(refused) = refused(&request) {
+        return refused;
     }
     next.run(request).await
 }
 
-fn refusal(request: &Request) -> Option<ApiError> {
+/// The answer to a request whose target or header block is over the limits,
+/// if it is: asked by `connections` for every request before it is routed
+/// (a middleware layer cost every request a boxed future and a clone of the
+/// routes it wraps).
+pub fn refused<B>(request: &http::Request<B>) -> Option<Response> {
+    refusal(request).map(IntoResponse::into_response)
+}
+
+fn refusal<B>(request: &http::Request<B>) -> Option<ApiError> {
     let target = request
         .uri()
         .path_and_query()

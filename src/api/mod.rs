@@ -32,7 +32,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub use endpoint::Endpoint;
 pub use error::ApiError;
 pub use health::{HEALTHZ, READYZ};
-pub use limits::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_URI_BYTES, over_capacity};
+pub use limits::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_URI_BYTES, over_capacity, refused};
 pub use status::{METRICS, STATUS_PATHS};
 
 use crate::counters::Counters;
@@ -52,21 +52,23 @@ pub fn router(
     // Each `Router::layer` call boxes every route once more, and a request
     // clones the boxes of every level: the layers of a route go in one
     // `ServiceBuilder` stack, applied once (14 allocations per manifest hit
-    // were clones of nested boxes).
-    let limited = || axum::middleware::from_fn(limits::check);
+    // were clones of nested boxes). Without client authentication there is
+    // no auth layer at all. The size limits are checked by `connections`
+    // before routing.
+    let authenticated = || {
+        gate.clone()
+            .map(|gate| axum::middleware::from_fn_with_state(Some(gate), auth::check))
+    };
     let pages = match observed {
         Some(observed) => {
-            status::routes(observed).layer(ServiceBuilder::new().layer(limited()).layer(
-                axum::middleware::from_fn_with_state(gate.clone(), auth::check),
-            ))
+            status::routes(observed).layer(ServiceBuilder::new().option_layer(authenticated()))
         }
         None => Router::new(),
     };
     let probes = Router::new()
         .route(health::HEALTHZ, get(health::healthz))
         .route(health::READYZ, get(health::readyz))
-        .with_state(Arc::clone(&registry))
-        .layer(limited());
+        .with_state(Arc::clone(&registry));
     Router::new()
         .route("/v2", any(version_check))
         .route("/v2/", any(version_check))
@@ -75,7 +77,6 @@ pub fn router(
         .with_state(registry)
         .layer(
             ServiceBuilder::new()
-                .layer(limited())
                 .layer(SetResponseHeaderLayer::overriding(
                     HeaderName::from_static("docker-distribution-api-version"),
                     HeaderValue::from_static("registry/2.0"),
@@ -84,7 +85,7 @@ pub fn router(
                     counters,
                     access_log::log_requests,
                 ))
-                .layer(axum::middleware::from_fn_with_state(gate, auth::check)),
+                .option_layer(authenticated()),
         )
         .merge(probes)
         .merge(pages)
