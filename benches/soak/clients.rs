@@ -12,7 +12,7 @@
 //! as cached for a request when this bench was earlier served it whole, not
 //! bypassing the cache (`Cache-Status: regcache; fwd=bypass`), through
 //! the same repository (for a tag: its manifest, verified) and the file that
-//! served it then (`blobs/…`, same inode) is still there before the request
+//! served it then (`blobs/…`, same inode and change time) is still there before the request
 //! and after the answer, and again 2 s later (eviction deletes index rows
 //! before files). A range or a prefix whose bytes differ is read on to the
 //! end of its body: a fill streams before it can check the digest, so wrong
@@ -148,12 +148,12 @@ pub struct Pullers {
     /// Longer than any answer may take to start, or a body may stall.
     pub bound: Duration,
     pub think: Duration,
-    /// (repository, digest) → inode of the file when this bench was last
+    /// (repository, digest) → identity of the file when this bench was last
     /// served it whole through that repository.
-    served: Mutex<HashMap<(usize, String), u64>>,
-    /// Image index → inode of its manifest's file when its tag was last
+    served: Mutex<HashMap<(usize, String), FileId>>,
+    /// Image index → identity of its manifest's file when its tag was last
     /// answered right.
-    tags: Mutex<HashMap<usize, u64>>,
+    tags: Mutex<HashMap<usize, FileId>>,
     /// Cumulative popularity of the images (a mild skew).
     popularity: Vec<f64>,
 }
@@ -176,7 +176,7 @@ enum Failure {
 #[derive(Debug, Clone)]
 struct Before {
     file: PathBuf,
-    inode: Option<u64>,
+    inode: Option<FileId>,
     cached: bool,
 }
 
@@ -266,7 +266,7 @@ impl Pullers {
         self.data.join("blobs/sha256").join(&hex[..2]).join(hex)
     }
 
-    fn before(&self, digest: &str, known: Option<u64>) -> Before {
+    fn before(&self, digest: &str, known: Option<FileId>) -> Before {
         let file = self.file(digest);
         let inode = inode(&file);
         if inode.is_some() && inode == known {
@@ -771,8 +771,16 @@ fn content_range(response: &reqwest::Response, size: u64) -> Result<(u64, u64), 
     }
 }
 
-fn inode(file: &std::path::Path) -> Option<u64> {
-    std::fs::metadata(file).ok().map(|m| m.ino())
+/// Which file is at a path: its inode number with its change time. The
+/// number alone is not enough: a filesystem gives a freed inode number to the
+/// next file it creates, so an evicted blob filled again through another
+/// repository can come back under the same path and number.
+type FileId = (u64, i64, i64);
+
+fn inode(file: &std::path::Path) -> Option<FileId> {
+    std::fs::metadata(file)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// An error with its sources (reqwest's own message hides the cause).
