@@ -22,9 +22,11 @@ const COLLECT_BATCH: usize = 32;
 
 /// Victims a server's pass handles per step: their rows deleted in one
 /// transaction, dropped from memory in one pass, their files unlinked in one
-/// blocking task. A step per digest (a trip to the blocking pool per file)
-/// made a pass of 32 813 rows take 15.6 s; one transaction for everything
-/// would hold the index's writer (and every fill's commit) for all of it.
+/// blocking task. A trip to the blocking pool per file was a third of a
+/// pass's CPU and most of its wall time on a loaded 2-core machine
+/// (BENCHMARKS.md, "The eviction pass, profiled"); one transaction for
+/// everything would hold the index's writer (and every fill's commit) for
+/// all of it.
 pub(super) const EVICT_BATCH: usize = 4096;
 
 /// Adds the time since `since` to `total`; returns now.
