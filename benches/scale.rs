@@ -22,11 +22,29 @@
 //! cargo bench --bench scale                          # 1 000 and 100 000 blobs
 //! cargo bench --bench scale -- 1000 100000 1000000   # the BENCHMARKS.md table
 //! cargo bench --bench scale -- --requests 500 1000   # fewer requests per kind
+//! # iterating on the eviction pass at a million blobs:
+//! cargo bench --bench scale -- --keep /var/tmp/scale --evict-only 1000000
+//! cargo bench --bench scale -- --keep /var/tmp/scale --evict-only \
+//!     --regcache /path/to/other/regcache 1000000     # another build, same data
 //! ```
 //!
 //! The data directory goes under `$TMPDIR` (about 4.5 GiB per million blobs:
 //! one 4 KiB block per file, plus the index) and is deleted at the end of each
 //! size.
+//!
+//! Options for iterating, none of which changes what a figure means:
+//!
+//! - `--keep DIR`: the store of each size is built once into `DIR/<blobs>`
+//!   and kept; every run measures a fresh copy of it (`cp -a` into
+//!   `$TMPDIR`, deleted at the end as usual), so nothing measured ever runs on
+//!   a store a previous run changed. The "build" figure is then the copy's
+//!   time. The files of a copy are laid out in `cp`'s order rather than in
+//!   the order the build wrote them; the rows are the same.
+//! - `--evict-only`: start (first, after a clean stop), hits, the eviction
+//!   pass, then a clean stop; no start after `kill -9`, no operator commands.
+//! - `--regcache PATH`: measure that binary instead of the one cargo built
+//!   with the bench (a release build of another commit: before/after pairs
+//!   from the same machine, the same data and the same bench code).
 
 #[path = "scale/data.rs"]
 mod data;
@@ -35,7 +53,7 @@ mod hits;
 #[path = "scale/server.rs"]
 mod server;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,12 +78,16 @@ struct Figures {
     evict_s: f64,
     evicted: String,
     commands: Vec<(String, f64, f64)>,
+    /// The store was copied from `--keep`, not built: `build_s` is the copy.
+    copied: bool,
 }
 
 struct Args {
     sizes: Vec<usize>,
     requests: usize,
     clients: usize,
+    keep: Option<PathBuf>,
+    evict_only: bool,
 }
 
 fn args() -> Args {
@@ -73,12 +95,17 @@ fn args() -> Args {
         sizes: Vec::new(),
         requests: 2000,
         clients: 4,
+        keep: None,
+        evict_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--requests" => args.requests = number(it.next()),
             "--clients" => args.clients = number(it.next()),
+            "--keep" => args.keep = Some(it.next().expect("--keep DIR").into()),
+            "--evict-only" => args.evict_only = true,
+            "--regcache" => server::use_binary(it.next().expect("--regcache PATH").into()),
             // `cargo bench` passes `--bench` to every bench program.
             a if a.starts_with('-') => {}
             a => args.sizes.push(number(Some(a.to_owned()))),
@@ -98,6 +125,7 @@ fn number(arg: Option<String>) -> usize {
 fn main() {
     let args = args();
     println!("CPU: {} ({} cores)", cpu_model(), cores());
+    println!("binary: {}", server::binary().display());
     let mut all = Vec::new();
     for &blobs in &args.sizes {
         all.push(measure(blobs, &args));
@@ -116,17 +144,42 @@ fn measure(blobs: usize, args: &Args) -> Figures {
         .enable_all()
         .build()
         .expect("runtime");
-    println!("\n== {blobs} blobs: building in {}", data.display());
-    let started = Instant::now();
-    let built = runtime.block_on(data::build(&data, blobs));
+    let (built, build_s, copied) = match &args.keep {
+        None => {
+            println!("\n== {blobs} blobs: building in {}", data.display());
+            let started = Instant::now();
+            let built = runtime.block_on(data::build(&data, blobs));
+            (built, started.elapsed().as_secs_f64(), false)
+        }
+        Some(keep) => {
+            let kept = kept_store(&runtime, keep, blobs);
+            println!(
+                "\n== {blobs} blobs: copying {} to {}",
+                kept.display(),
+                data.display()
+            );
+            let started = Instant::now();
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(&kept)
+                .arg(&data)
+                .status()
+                .expect("run cp");
+            assert!(status.success(), "cp -a {}: {status}", kept.display());
+            let took = started.elapsed().as_secs_f64();
+            (runtime.block_on(data::describe(blobs)), took, true)
+        }
+    };
     let mut f = Figures {
         blobs,
         files: built.files,
-        build_s: started.elapsed().as_secs_f64(),
+        build_s,
+        copied,
         ..Figures::default()
     };
     println!(
-        "built {} files ({} images, {} MiB) in {:.1} s",
+        "{} {} files ({} images, {} MiB) in {:.1} s",
+        if copied { "copied" } else { "built" },
         built.files,
         built.images.len(),
         built.bytes >> 20,
@@ -173,6 +226,22 @@ fn measure(blobs: usize, args: &Args) -> Figures {
         .unwrap_or("?")
         .to_owned();
     f.rss_evict = server.peak_rss_mib();
+    // The server's own account of the pass (its phases, when it logs them).
+    if let Some(line) = std::fs::read_to_string(&log).ok().and_then(|l| {
+        l.lines()
+            .rev()
+            .find(|l| l.contains("evicted least recently used content"))
+            .map(str::to_owned)
+    }) {
+        println!("server: {line}");
+    }
+    if args.evict_only {
+        server.stop();
+        print_size(&f);
+        println!("deleting {}", root.path().display());
+        drop(root);
+        return f;
+    }
     server.kill_9();
 
     let (server, took) = Server::start(&config, port, &log);
@@ -192,6 +261,29 @@ fn measure(blobs: usize, args: &Args) -> Figures {
     f
 }
 
+/// The kept store of `blobs` blobs under `keep` (its `data` directory),
+/// built there first unless a previous run completed it.
+fn kept_store(runtime: &tokio::runtime::Runtime, keep: &Path, blobs: usize) -> PathBuf {
+    let dir = keep.join(blobs.to_string());
+    let data = dir.join("data");
+    let complete = dir.join("complete");
+    if !complete.exists() {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).expect("remove an incomplete kept store");
+        }
+        std::fs::create_dir_all(&dir).expect("kept store directory");
+        println!(
+            "\n== {blobs} blobs: building the kept store {}",
+            data.display()
+        );
+        let started = Instant::now();
+        runtime.block_on(data::build(&data, blobs));
+        println!("built in {:.1} s", started.elapsed().as_secs_f64());
+        std::fs::write(&complete, b"").expect("mark the kept store complete");
+    }
+    data
+}
+
 /// Runs `regcache <args> --config <config>` under `/usr/bin/time`: wall time,
 /// peak RSS in MiB, and its standard output.
 fn run_command(config: &Path, args: &[&str]) -> (Duration, f64, String) {
@@ -200,7 +292,7 @@ fn run_command(config: &Path, args: &[&str]) -> (Duration, f64, String) {
     let output = Command::new("/usr/bin/time")
         .args(["-f", "%M", "-o"])
         .arg(rss_file.path())
-        .arg(env!("CARGO_BIN_EXE_regcache"))
+        .arg(server::binary())
         .args(args)
         .arg("--config")
         .arg(config)
@@ -224,16 +316,19 @@ fn run_command(config: &Path, args: &[&str]) -> (Duration, f64, String) {
 
 fn print_size(f: &Figures) {
     println!("-- {} blobs ({} files with manifests)", f.blobs, f.files);
-    println!("build                         {:>9.1} s", f.build_s);
+    let build = if f.copied { "copy (--keep)" } else { "build" };
+    println!("{build:<30}{:>9.1} s", f.build_s);
     println!("start, first                  {:>9.2} s", f.start_first_s);
     println!(
         "start, after a clean stop     {:>9.2} s   peak RSS {:.0} MiB",
         f.start_clean_s, f.rss_start
     );
-    println!(
-        "start, after kill -9          {:>9.2} s   peak RSS {:.0} MiB",
-        f.start_killed_s, f.rss_killed
-    );
+    if f.start_killed_s > 0.0 {
+        println!(
+            "start, after kill -9          {:>9.2} s   peak RSS {:.0} MiB",
+            f.start_killed_s, f.rss_killed
+        );
+    }
     for (i, kind) in hits::KINDS.iter().enumerate() {
         println!(
             "hit {:<26}p50 {:>6.3} ms   p99 {:>6.3} ms",
@@ -262,7 +357,14 @@ fn print_table(all: &[Figures]) {
         return;
     }
     let mut rows: Vec<(String, Vec<f64>)> = vec![
-        ("build (s)".into(), all.iter().map(|f| f.build_s).collect()),
+        (
+            if all.iter().any(|f| f.copied) {
+                "build or copy (s)".into()
+            } else {
+                "build (s)".into()
+            },
+            all.iter().map(|f| f.build_s).collect(),
+        ),
         (
             "start, first (s)".into(),
             all.iter().map(|f| f.start_first_s).collect(),
@@ -327,7 +429,11 @@ fn print_table(all: &[Figures]) {
         print!("{}|", "-".repeat(12));
     }
     println!("-------|");
-    for (name, values) in rows {
+    // Figures a run skipped (`--evict-only`) are zero everywhere.
+    for (name, values) in rows
+        .into_iter()
+        .filter(|(_, v)| v.iter().any(|&x| x != 0.0))
+    {
         print!("| {name:<26} |");
         for v in &values {
             print!(" {:>10} |", short(*v));

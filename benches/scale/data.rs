@@ -12,7 +12,9 @@
 //! files that are not there would be "repaired" by reconciliation.
 //!
 //! The files are written without fsync (the bench's own data), the rows through
-//! the index API in one transaction per repository.
+//! the index API in one transaction per repository. [`describe`] computes the
+//! same images (same seed, same digests) without writing anything: what a
+//! kept store (`--keep`) needs to be measured again.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -78,6 +80,17 @@ pub async fn build(data: &Path, blobs: usize) -> Built {
         std::fs::create_dir_all(data.join("blobs/sha256").join(hex::encode([shard])))
             .expect("shard directory");
     }
+    generate(blobs, Some((&store, &index))).await
+}
+
+/// What [`build`] writes for `blobs`, computed again without writing a file
+/// or a row (the bytes are generated and hashed: a few seconds a million).
+pub async fn describe(blobs: usize) -> Built {
+    generate(blobs, None).await
+}
+
+/// The images of `blobs` blobs; written through `to` when given.
+async fn generate(blobs: usize, to: Option<(&Store, &Index)>) -> Built {
     let images = blobs.div_ceil(BLOBS_PER_IMAGE);
     let mut rng = Rng(0x5eed);
     let mut built = Built {
@@ -93,12 +106,15 @@ pub async fn build(data: &Path, blobs: usize) -> Built {
         let mut rows = Vec::new();
         let mut tags = Vec::new();
         for i in 0..IMAGES_PER_REPO.min(images - first) {
-            let image = write_image(&store, &mut rng, &repo, i, &mut rows);
+            let image = write_image(to.map(|(s, _)| s), &mut rng, &repo, i, &mut rows);
             tags.push((image.tag.parse::<Tag>().unwrap(), image.manifest.clone()));
             built.images.push(image);
         }
         built.files += rows.len() as u64;
         built.bytes += rows.iter().map(|r| r.size).sum::<u64>();
+        let Some((_, index)) = to else {
+            continue;
+        };
         index
             .insert_contents(rows, UPSTREAM, &repo)
             .await
@@ -111,9 +127,9 @@ pub async fn build(data: &Path, blobs: usize) -> Built {
     built
 }
 
-/// Writes one image's blobs and manifest, pushing their rows.
+/// Writes one image's blobs and manifest (when given a store), pushing their rows.
 fn write_image(
-    store: &Store,
+    store: Option<&Store>,
     rng: &mut Rng,
     repo: &RepoName,
     i: usize,
@@ -163,8 +179,10 @@ fn write_image(
     }
 }
 
-fn write_file(store: &Store, bytes: &[u8]) -> Digest {
+fn write_file(store: Option<&Store>, bytes: &[u8]) -> Digest {
     let digest = Digest::sha256_of(bytes);
-    std::fs::write(store.blob_path(&digest), bytes).expect("blob file");
+    if let Some(store) = store {
+        std::fs::write(store.blob_path(&digest), bytes).expect("blob file");
+    }
     digest
 }

@@ -8,7 +8,22 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// The binary measured: the one cargo built with the bench, unless
+/// `--regcache PATH` named another (a build of another commit).
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Measures `path` instead of the binary cargo built; call before any start.
+pub fn use_binary(path: PathBuf) {
+    BINARY.set(path).expect("the binary is chosen once");
+}
+
+/// The `regcache` binary every start and command runs.
+pub fn binary() -> &'static Path {
+    BINARY.get_or_init(|| PathBuf::from(env!("CARGO_BIN_EXE_regcache")))
+}
 
 /// A start slower than this is a failure, not a figure.
 const START_TIMEOUT: Duration = Duration::from_secs(600);
@@ -59,7 +74,7 @@ impl Server {
             .open(log)
             .expect("log file");
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")

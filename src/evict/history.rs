@@ -44,7 +44,9 @@ impl EvictionHistory {
             .fetch_add(evicted.len() as u64, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         let mut recent = lock(&self.recent);
-        for (digest, size) in evicted {
+        // Only the last `RECENT` can stay: a pass of thousands formats no more.
+        let kept = evicted.len().saturating_sub(RECENT);
+        for (digest, size) in &evicted[kept..] {
             if recent.len() == RECENT {
                 recent.pop_back();
             }

@@ -16,9 +16,10 @@
 //! So committed + reserved never exceeds `max_size`.
 //!
 //! An eviction pass flushes access times, picks the least recently used
-//! unpinned content from the index, deletes those rows in one transaction (the
-//! schema's cascades take their repository links and tags), drops them from the
-//! memory caches, and only then deletes the files. It must never delete a file
+//! unpinned content from the index and, a batch of victims at a time, deletes
+//! their rows in one transaction (the schema's cascades take their repository
+//! links and tags), drops them from the memory caches, and only then deletes
+//! their files (all of a batch in one blocking task). It must never delete a file
 //! before its row (a row without its file is a hit that cannot be served), never
 //! delete content a commit of the same digest is writing at that moment, and
 //! never make a reader fail: a client that opened a file keeps reading it after

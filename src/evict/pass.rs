@@ -1,9 +1,10 @@
-//! The LRU pass: least recently used unpinned content deleted, rows first
-//! (their links and tags cascade), then memory, then files, never a digest a
-//! commit holds. [`collect`] is the same pass for `regcache gc` in a separate
+//! The LRU pass: least recently used unpinned content deleted a batch at a
+//! time, each batch's rows first (their links and tags cascade), then memory,
+//! then files, never a digest a commit holds. [`collect`] is the same pass for `regcache gc` in a separate
 //! process. A reader that opened a file keeps reading it after its name goes.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use super::Pins;
 use super::{Error, EvictReport, Evictor, lock};
@@ -18,6 +19,22 @@ const LRU_PAGE: usize = 4096;
 /// Rows `collect` deletes per transaction: a running server's index writes
 /// wait at most for one such batch (milliseconds), however much is evicted.
 const COLLECT_BATCH: usize = 32;
+
+/// Victims a server's pass handles per step: their rows deleted in one
+/// transaction, dropped from memory in one pass, their files unlinked in one
+/// blocking task. A trip to the blocking pool per file was a third of a
+/// pass's CPU and most of its wall time on a loaded 2-core machine
+/// (BENCHMARKS.md, "The eviction pass, profiled"); one transaction for
+/// everything would hold the index's writer (and every fill's commit) for
+/// all of it.
+pub(super) const EVICT_BATCH: usize = 4096;
+
+/// Adds the time since `since` to `total`; returns now.
+fn lap(total: &mut Duration, since: Instant) -> Instant {
+    let now = Instant::now();
+    *total += now - since;
+    now
+}
 
 /// Evicts least-recently-used content not covered by `pins` (the configured
 /// ones) nor by the index's runtime pins until at most `target_bytes` are
@@ -45,8 +62,9 @@ pub async fn collect(
     // Small transactions: the server's commits wait for each one, not for all.
     for batch in victims.chunks(COLLECT_BATCH) {
         let removed = index.remove_contents(batch.to_vec()).await?;
-        for (digest, _) in &removed {
-            store.remove(digest).await?;
+        let files = removed.iter().map(|(d, _)| d.clone()).collect();
+        if let Some((_, e)) = store.remove_all(files).await?.into_iter().next() {
+            return Err(e.into());
         }
         evicted.extend(removed);
     }
@@ -155,7 +173,9 @@ impl Evictor {
         self.evict_to(committed, reserved, 0, target).await
     }
 
-    /// The pass proper, under the pass lock: rows, memory, then files.
+    /// The pass proper, under the pass lock: rows, memory, then files, one
+    /// batch of [`EVICT_BATCH`] victims at a time. An error stops it after the
+    /// batches done so far (accounted and recorded; their marks end with it).
     async fn evict_to(
         &self,
         committed: u64,
@@ -163,6 +183,7 @@ impl Evictor {
         extra: u64,
         target: u64,
     ) -> Result<EvictReport, Error> {
+        let started = Instant::now();
         // LRU order must see the latest hits.
         self.flush_access().await;
         // Runtime pins are read here, once per pass: added through the admin
@@ -177,20 +198,41 @@ impl Evictor {
         let rows = least_recent(&self.index, &pinned, committed, target, skip, LRU_PAGE).await?;
         let marked =
             self.mark_evicting(|committing| pick(rows, &pinned, committed, target, committing));
-        // Rows first: from here on nothing serves these digests as hits.
-        let evicted = self.index.remove_contents(marked.digests.clone()).await?;
-        let freed_bytes: u64 = evicted.iter().map(|(_, size)| size).sum();
-        let usage_after = lock(&self.usage).remove_committed(freed_bytes);
-        self.history.record(&evicted);
-        let gone: HashSet<Digest> = evicted.iter().map(|(d, _)| d.clone()).collect();
-        self.cache.forget_all(&gone).await;
-        // Files last; a reader that has one open keeps reading it.
-        for digest in &gone {
-            if let Err(e) = self.store.remove(digest).await {
-                tracing::warn!(%digest, error = %e, "cannot delete an evicted file; its row is gone");
+        let mut evicted = Vec::with_capacity(marked.digests.len());
+        let mut usage_after = committed;
+        // Where the time goes, for the log: choosing, rows, memory, files.
+        let mut took = [Duration::ZERO; 4];
+        took[0] = started.elapsed();
+        // A batch at a time, each in the order the invariants want: rows first
+        // (from then on nothing serves these digests as hits), memory, files
+        // last (a reader that has one open keeps reading it).
+        for batch in marked.digests.chunks(EVICT_BATCH) {
+            let step = Instant::now();
+            let removed = self.index.remove_contents(batch.to_vec()).await?;
+            let freed: u64 = removed.iter().map(|(_, size)| size).sum();
+            usage_after = lock(&self.usage).remove_committed(freed);
+            self.history.record(&removed);
+            let step = lap(&mut took[1], step);
+            let gone: HashSet<Digest> = removed.iter().map(|(d, _)| d.clone()).collect();
+            self.cache.forget_all(&gone).await;
+            let step = lap(&mut took[2], step);
+            let files = removed.iter().map(|(d, _)| d.clone()).collect();
+            match self.store.remove_all(files).await {
+                Ok(failed) => {
+                    for (digest, e) in failed {
+                        tracing::warn!(%digest, error = %e, "cannot delete an evicted file; its row is gone");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete evicted files; their rows are gone")
+                }
             }
+            lap(&mut took[3], step);
+            evicted.extend(removed);
         }
+        let freed_bytes: u64 = evicted.iter().map(|(_, size)| size).sum();
         drop(marked);
+        let [choose_s, rows_s, memory_s, files_s] = took.map(|d| d.as_secs_f64());
         tracing::info!(
             evicted = evicted.len(),
             freed_bytes,
@@ -199,6 +241,10 @@ impl Evictor {
             reserved,
             target,
             pinned_bytes,
+            choose_s,
+            rows_s,
+            memory_s,
+            files_s,
             "evicted least recently used content"
         );
         if usage_after + reserved + extra > self.budget.low() && pinned_bytes > 0 {

@@ -218,6 +218,58 @@ async fn collect_frees_down_to_the_target_from_the_oldest() {
     assert_eq!(env.index.content_bytes().await.unwrap(), 100);
 }
 
+#[tokio::test]
+async fn a_pass_of_several_batches_deletes_rows_memory_and_files_of_each() {
+    let env = env();
+    // One batch and a few rows more to evict, five rows to keep; 10 bytes
+    // each, all accessed in the same second: insertion order is LRU order.
+    let victims = pass::EVICT_BATCH + 3;
+    let rows: Vec<ContentRow> = (0..victims + 5)
+        .map(|n| ContentRow {
+            digest: Digest::sha256_of(&(n as u64).to_le_bytes()),
+            size: 10,
+            media_type: None,
+        })
+        .collect();
+    for row in &rows {
+        let path = env.store.blob_path(&row.digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, [0; 10]).unwrap();
+    }
+    let repo: RepoName = "a".parse().unwrap();
+    env.index
+        .insert_contents(rows.clone(), UP, &repo)
+        .await
+        .unwrap();
+    let evictor = env.evictor(1 << 30, &[]);
+    evictor.load().await.unwrap();
+    // In memory: one victim of each batch and one survivor.
+    let remembered = [&rows[0], &rows[victims - 1], &rows[victims]];
+    for row in remembered {
+        evictor.cache.set_blob_size(&row.digest, row.size).await;
+    }
+    let report = evictor.collect_to(50).await.unwrap();
+    let lru: Vec<(Digest, u64)> = rows[..victims]
+        .iter()
+        .map(|r| (r.digest.clone(), 10))
+        .collect();
+    assert_eq!(report.evicted, lru);
+    assert_eq!((report.usage_after, evictor.committed()), (50, 50));
+    assert_eq!(env.index.content_rows().await.unwrap(), 5);
+    for row in &rows[..victims] {
+        assert_eq!(env.present(&row.digest).await, (false, false));
+    }
+    for row in &rows[victims..] {
+        assert_eq!(env.present(&row.digest).await, (true, true));
+    }
+    let sizes = [
+        evictor.cache.blob_size(&rows[0].digest).await,
+        evictor.cache.blob_size(&rows[victims - 1].digest).await,
+        evictor.cache.blob_size(&rows[victims].digest).await,
+    ];
+    assert_eq!(sizes, [None, None, Some(10)]);
+}
+
 #[test]
 fn budget_watermarks_are_fractions_of_the_maximum() {
     let b = Budget::new(1000, 0.95, 0.85);
