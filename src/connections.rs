@@ -280,10 +280,11 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// Until one of them says so: shutdown began, an idle connection was asked
-/// to give its slot back, or the connection idled past `keepalive_timeout` or
-/// served `max_requests_per_connection`. Then `close` fires; it returns without
-/// firing once the connection has ended (`close` is closed).
+/// Waits for a reason to close a connection: shutdown began, idle connections
+/// were asked to give their slots back (and this one is idle), or it idled
+/// past `keepalive_timeout` or served `max_requests_per_connection`. Then it
+/// fires `close`; once the connection has ended (`close` is closed) it returns
+/// without firing.
 async fn watch_for_close(
     mut stopping: watch::Receiver<bool>,
     mut reclaim: watch::Receiver<u64>,
