@@ -284,17 +284,18 @@ mod tests {
     async fn candidates_are_read_page_by_page_skipping_pinned_and_held_content() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(&dir.path().join("index.db")).unwrap();
-        let rows: Vec<ContentRow> = (0..7u8)
+        let mut rows: Vec<ContentRow> = (0..7u8)
             .map(|n| ContentRow {
                 digest: Digest::sha256_of(&[n]),
                 size: 10,
                 media_type: None,
             })
             .collect();
+        rows.sort_by(|a, b| a.digest.cmp(&b.digest));
         let digests: Vec<Digest> = rows.iter().map(|r| r.digest.clone()).collect();
         let repo = "app".parse().unwrap();
         index.insert_contents(rows, "up", &repo).await.unwrap();
-        // Same access time for all: insertion order is the LRU order.
+        // Same access time and size for all: digest order is the LRU order.
         let pinned: HashSet<Digest> = [digests[1].clone()].into();
         let held = digests[2].clone();
         let skip = |d: &Digest| *d == held;

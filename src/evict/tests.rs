@@ -222,15 +222,16 @@ async fn collect_frees_down_to_the_target_from_the_oldest() {
 async fn a_pass_of_several_batches_deletes_rows_memory_and_files_of_each() {
     let env = env();
     // One batch and a few rows more to evict, five rows to keep; 10 bytes
-    // each, all accessed in the same second: insertion order is LRU order.
+    // each, all accessed in the same second: digest order is LRU order.
     let victims = pass::EVICT_BATCH + 3;
-    let rows: Vec<ContentRow> = (0..victims + 5)
+    let mut rows: Vec<ContentRow> = (0..victims + 5)
         .map(|n| ContentRow {
             digest: Digest::sha256_of(&(n as u64).to_le_bytes()),
             size: 10,
             media_type: None,
         })
         .collect();
+    rows.sort_by(|a, b| a.digest.cmp(&b.digest));
     for row in &rows {
         let path = env.store.blob_path(&row.digest);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

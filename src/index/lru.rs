@@ -18,11 +18,12 @@ pub struct LruRow {
     pub last_access: i64,
 }
 
-/// Where a page of the LRU order ended (its last row's access time and rowid).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a page of the LRU order ended (its last row's access time, size and digest).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LruCursor {
     last_access: i64,
-    rowid: i64,
+    size: i64,
+    digest: String,
 }
 
 /// One tag mapping, for pin matching.
@@ -45,8 +46,8 @@ impl Index {
         .await
     }
 
-    /// Up to `limit` content rows in least-recently-used order (ties: oldest
-    /// row first), from where `after` left off (the start without it), and
+    /// Up to `limit` content rows in least-recently-used order (ties, the same
+    /// second: the smaller first, see `migrations/0003`), from where `after` left off (the start without it), and
     /// where the next page starts (`None`: this was the last). One short read
     /// on the `last_access` index per page: an eviction pass reads only as far
     /// as it evicts, never the whole table.
@@ -57,26 +58,30 @@ impl Index {
     ) -> Result<(Vec<LruRow>, Option<LruCursor>), Error> {
         let after = after.unwrap_or(LruCursor {
             last_access: i64::MIN,
-            rowid: i64::MIN,
+            size: i64::MIN,
+            digest: String::new(),
         });
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("lru_page", move |conn| {
-            let sql = "SELECT digest, size, last_access, rowid FROM content \
-                       WHERE (last_access, rowid) > (?1, ?2) \
-                       ORDER BY last_access, rowid LIMIT ?3";
+            let sql = "SELECT digest, size, last_access FROM content \
+                       WHERE (last_access, size, digest) > (?1, ?2, ?3) \
+                       ORDER BY last_access, size, digest LIMIT ?4";
             let mut stmt = conn.prepare_cached(sql)?;
             let mut rows = Vec::new();
             let mut next = None;
-            let mut found = stmt.query(params![after.last_access, after.rowid, limit])?;
+            let mut found =
+                stmt.query(params![after.last_access, after.size, after.digest, limit])?;
             while let Some(row) = found.next()? {
                 let size: i64 = row.get(1)?;
                 let last_access = row.get(2)?;
+                let digest: Digest = row.get(0)?;
                 next = Some(LruCursor {
                     last_access,
-                    rowid: row.get(3)?,
+                    size,
+                    digest: digest.to_string(),
                 });
                 rows.push(LruRow {
-                    digest: row.get(0)?,
+                    digest,
                     size: u64::try_from(size)
                         .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(1, size))?,
                     last_access,

@@ -13,11 +13,26 @@ use super::Error;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_pins.sql"),
+    include_str!("../../migrations/0003_content_by_digest.sql"),
 ];
 
 /// Brings the database at `path` to the latest schema, or refuses one written by a
 /// newer build. Either every pending migration applies or none does.
 pub(super) fn run(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    // Foreign keys are off while migrations run (SQLite's procedure for
+    // rebuilding a table: dropping the old one must not cascade into the
+    // tables that reference it) and checked as a whole before the commit.
+    // The pragma is a no-op inside a transaction, hence out here.
+    let sqlite = |e| Error::from_sqlite("migrate", path, e);
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(sqlite)?;
+    let migrated = run_in_transaction(conn, path);
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sqlite)?;
+    migrated
+}
+
+fn run_in_transaction(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     let sqlite = |e| Error::from_sqlite("migrate", path, e);
     // IMMEDIATE takes the write lock before reading the version, so two processes
     // opening the same file cannot both apply the same migration.
@@ -28,14 +43,41 @@ pub(super) fn run(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(sqlite)?;
     let applied = applied_count(found, path)?;
+    if applied < MIGRATIONS.len() && applied > 0 {
+        tracing::info!(
+            from = applied,
+            to = MIGRATIONS.len(),
+            path = %path.display(),
+            "migrating the index (once; a large index takes seconds)"
+        );
+    }
     for sql in &MIGRATIONS[applied..] {
         tx.execute_batch(sql).map_err(sqlite)?;
+    }
+    let broken = foreign_key_violations(&tx).map_err(sqlite)?;
+    if broken > 0 {
+        return Err(Error::Corrupt {
+            op: "migrate",
+            path: path.to_path_buf(),
+            detail: format!("{broken} rows reference content that has no row"),
+        });
     }
     // user_version lives in the database header, so it commits (or rolls back)
     // together with the schema changes.
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
         .map_err(sqlite)?;
     tx.commit().map_err(sqlite)
+}
+
+/// Rows whose foreign key names a missing row (`PRAGMA foreign_key_check`).
+fn foreign_key_violations(conn: &Connection) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0;
+    while rows.next()?.is_some() {
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Checks, without changing anything, that the database has exactly the schema this
@@ -131,7 +173,7 @@ mod tests {
         assert!(matches!(err, Error::SchemaTooOld { found: 1, .. }), "{err}");
 
         Index::open(&path).unwrap();
-        assert_eq!(user_version(&path), 2);
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
         assert_eq!(
             table_names(&path),
             ["content", "pins", "repo_content", "tags"]
@@ -147,6 +189,114 @@ mod tests {
             [],
         );
         assert!(wrong_type.is_err());
+    }
+
+    /// A file as the second release left it: content (a rowid table) with a
+    /// manifest and a blob, their links and a tag.
+    fn version_2_with_links(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO content VALUES ('sha256:bb', 9, NULL, 1, 5);
+             INSERT INTO content VALUES ('sha256:aa', 4, 'application/vnd.oci.image.manifest.v1+json', 2, 3);
+             INSERT INTO repo_content VALUES ('registry.k8s.io', 'pause', 'sha256:aa');
+             INSERT INTO repo_content VALUES ('registry.k8s.io', 'pause', 'sha256:bb');
+             INSERT INTO tags VALUES ('registry.k8s.io', 'pause', '3.9', 'sha256:aa', 7);
+             INSERT INTO pins VALUES ('registry.k8s.io/pause:3.9', 'test', 1);",
+        )
+        .unwrap();
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_version_2_file_gets_content_in_digest_order_and_keeps_every_row_and_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        version_2_with_links(&path);
+
+        Index::open(&path).unwrap();
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+        assert_eq!(
+            table_names(&path),
+            ["content", "pins", "repo_content", "tags"]
+        );
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        let rows: Vec<(String, i64, Option<String>, i64, i64)> = conn
+            .prepare("SELECT * FROM content")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Every column kept; a plain scan now comes in digest order.
+        let manifest = "application/vnd.oci.image.manifest.v1+json".to_owned();
+        assert_eq!(
+            rows,
+            [
+                ("sha256:aa".to_owned(), 4, Some(manifest), 2, 3),
+                ("sha256:bb".to_owned(), 9, None, 1, 5),
+            ]
+        );
+        assert!(
+            conn.query_row("SELECT rowid FROM content", [], |_| Ok(()))
+                .is_err()
+        );
+        assert_eq!(
+            (
+                count(&conn, "repo_content"),
+                count(&conn, "tags"),
+                count(&conn, "pins")
+            ),
+            (2, 1, 1)
+        );
+        // The links still reference the rebuilt table: deleting content cascades.
+        conn.execute("DELETE FROM content WHERE digest = 'sha256:aa'", [])
+            .unwrap();
+        assert_eq!((count(&conn, "repo_content"), count(&conn, "tags")), (1, 0));
+        let dangling = conn.execute(
+            "INSERT INTO repo_content VALUES ('registry.k8s.io', 'pause', 'sha256:cc')",
+            [],
+        );
+        assert!(dangling.is_err(), "a link to missing content is refused");
+        // The LRU index survived the rebuild.
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT digest FROM content ORDER BY last_access, size, digest",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("content_by_last_access"), "{plan}");
+    }
+
+    #[test]
+    fn a_migration_that_would_leave_a_dangling_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        version_2_with_links(&path);
+        // A link to content that has no row, written with foreign keys off
+        // (a damaged file): the migration checks every key before it commits.
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        conn.execute(
+            "INSERT INTO repo_content VALUES ('registry.k8s.io', 'gone', 'sha256:ff')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+
+        let err = Index::open(&path).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { op: "migrate", .. }), "{err}");
+        assert_eq!(user_version(&path), 2, "nothing applied");
     }
 
     #[test]
