@@ -29,13 +29,6 @@ const COLLECT_BATCH: usize = 32;
 /// all of it.
 pub(super) const EVICT_BATCH: usize = 4096;
 
-/// Adds the time since `since` to `total`; returns now.
-fn lap(total: &mut Duration, since: Instant) -> Instant {
-    let now = Instant::now();
-    *total += now - since;
-    now
-}
-
 /// Evicts least-recently-used content not covered by `pins` (the configured
 /// ones) nor by the index's runtime pins until at most `target_bytes` are
 /// committed: for `regcache gc --to SIZE`, from a process separate from a
@@ -174,8 +167,10 @@ impl Evictor {
     }
 
     /// The pass proper, under the pass lock: rows, memory, then files, one
-    /// batch of [`EVICT_BATCH`] victims at a time. An error stops it after the
-    /// batches done so far (accounted and recorded; their marks end with it).
+    /// batch of [`EVICT_BATCH`] victims at a time, a batch's files unlinked
+    /// beside the next batch's rows. An error stops it after the batches done
+    /// so far (accounted and recorded, their files unlinked; their marks end
+    /// with it).
     async fn evict_to(
         &self,
         committed: u64,
@@ -205,37 +200,46 @@ impl Evictor {
         took[0] = started.elapsed();
         // A batch at a time, each in the order the invariants want: rows first
         // (from then on nothing serves these digests as hits), memory, files
-        // last (a reader that has one open keeps reading it).
-        for batch in marked.digests.chunks(EVICT_BATCH) {
-            let step = Instant::now();
-            let removed = self.index.remove_contents(batch.to_vec()).await?;
-            let freed: u64 = removed.iter().map(|(_, size)| size).sum();
-            self.history.record(&removed);
-            let step = lap(&mut took[1], step);
-            let gone: HashSet<Digest> = removed.iter().map(|(d, _)| d.clone()).collect();
-            self.cache.forget_all(&gone).await;
-            let step = lap(&mut took[2], step);
-            let files = removed.iter().map(|(d, _)| d.clone()).collect();
-            match self.store.remove_all(files).await {
-                Ok(failed) => {
-                    for (digest, e) in failed {
-                        tracing::warn!(%digest, error = %e, "cannot delete an evicted file; its row is gone");
-                    }
+        // last (a reader that has one open keeps reading it). The files of
+        // batch k are unlinked while the rows of batch k + 1 are deleted: the
+        // two wait on different things (SQLite's pages, the directories), and
+        // one after the other they were the whole pass (BENCHMARKS.md, "Scale").
+        let mut batches = marked.digests.chunks(EVICT_BATCH);
+        let mut dropped: Vec<(Digest, u64)> = Vec::new();
+        loop {
+            let next = batches.next();
+            let rows = async {
+                match next {
+                    Some(batch) => Some(self.drop_rows(batch).await),
+                    None => None,
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot delete evicted files; their rows are gone")
+            };
+            let files = self.unlink(std::mem::take(&mut dropped));
+            let (rows, (freed, files_took)) = tokio::join!(rows, files);
+            took[3] += files_took;
+            // The budget gets the bytes back only once the files are gone: a
+            // fill admitted while they still existed took the disk past
+            // `max_size` (by up to a batch; the soak saw 100.1 %).
+            if freed > 0 {
+                usage_after = lock(&self.usage).remove_committed(freed);
+            }
+            match rows {
+                None => break,
+                // The batches before are accounted and recorded, and their
+                // files are gone; the marks end with the pass.
+                Some(Err(e)) => return Err(e),
+                Some(Ok((removed, rows_took, memory_took))) => {
+                    took[1] += rows_took;
+                    took[2] += memory_took;
+                    evicted.extend(removed.iter().cloned());
+                    dropped = removed;
                 }
             }
-            // The budget gets the bytes back only now: a fill admitted while
-            // the files still existed took the disk past `max_size` (by up to
-            // a batch; the soak saw 100.1 %).
-            usage_after = lock(&self.usage).remove_committed(freed);
-            lap(&mut took[3], step);
-            evicted.extend(removed);
         }
         let freed_bytes: u64 = evicted.iter().map(|(_, size)| size).sum();
         drop(marked);
         let [choose_s, rows_s, memory_s, files_s] = took.map(|d| d.as_secs_f64());
+        let total_s = started.elapsed().as_secs_f64();
         tracing::info!(
             evicted = evicted.len(),
             freed_bytes,
@@ -248,6 +252,7 @@ impl Evictor {
             rows_s,
             memory_s,
             files_s,
+            total_s,
             "evicted least recently used content"
         );
         if usage_after + reserved + extra > self.budget.low() && pinned_bytes > 0 {
@@ -265,6 +270,45 @@ impl Evictor {
             freed_bytes,
             pinned_bytes,
         })
+    }
+
+    /// Deletes the rows of `batch` (their links and tags cascade), records
+    /// them in the history and drops them from memory: from then on nothing
+    /// serves them. The rows deleted, with how long the rows and the memory took.
+    async fn drop_rows(
+        &self,
+        batch: &[Digest],
+    ) -> Result<(Vec<(Digest, u64)>, Duration, Duration), Error> {
+        let started = Instant::now();
+        let removed = self.index.remove_contents(batch.to_vec()).await?;
+        self.history.record(&removed);
+        let rows_done = Instant::now();
+        let gone: HashSet<Digest> = removed.iter().map(|(d, _)| d.clone()).collect();
+        self.cache.forget_all(&gone).await;
+        Ok((removed, rows_done - started, rows_done.elapsed()))
+    }
+
+    /// Unlinks the files of rows [`Evictor::drop_rows`] deleted, in one
+    /// blocking task: their bytes and how long it took. A file that cannot be
+    /// deleted is logged (its row is gone; the next start adopts or deletes it).
+    async fn unlink(&self, dropped: Vec<(Digest, u64)>) -> (u64, Duration) {
+        if dropped.is_empty() {
+            return (0, Duration::ZERO);
+        }
+        let started = Instant::now();
+        let freed = dropped.iter().map(|(_, size)| size).sum();
+        let files = dropped.into_iter().map(|(d, _)| d).collect();
+        match self.store.remove_all(files).await {
+            Ok(failed) => {
+                for (digest, e) in failed {
+                    tracing::warn!(%digest, error = %e, "cannot delete an evicted file; its row is gone");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot delete evicted files; their rows are gone")
+            }
+        }
+        (freed, started.elapsed())
     }
 
     /// Evicts down to the low watermark if usage is past the high one.
