@@ -144,16 +144,27 @@ mod tests {
     fn migrates_an_empty_file_and_reopening_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.db");
-        Index::open(&path).unwrap();
-        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
-        assert_eq!(
-            table_names(&path),
-            ["content", "pins", "repo_content", "tags"]
-        );
+        open_and_check_latest(&path);
 
         Index::open(&path).unwrap();
         Index::open(&path).unwrap();
         assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    /// Opens `path` as the server does (migrating it) and checks it has the
+    /// latest schema.
+    fn open_and_check_latest(path: &Path) {
+        Index::open(path).unwrap();
+        assert_eq!(user_version(path), MIGRATIONS.len() as i64);
+        assert_eq!(
+            table_names(path),
+            ["content", "pins", "repo_content", "tags"]
+        );
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
     }
 
     /// A file as the first release left it: 0001 applied, one content row.
@@ -177,17 +188,9 @@ mod tests {
         let err = Index::open_existing(&path, crate::index::Access::ReadWrite).unwrap_err();
         assert!(matches!(err, Error::SchemaTooOld { found: 1, .. }), "{err}");
 
-        Index::open(&path).unwrap();
-        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
-        assert_eq!(
-            table_names(&path),
-            ["content", "pins", "repo_content", "tags"]
-        );
+        open_and_check_latest(&path);
         let conn = Connection::open(&path).unwrap();
-        let rows: i64 = conn
-            .query_row("SELECT count(*) FROM content", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 1);
+        assert_eq!(count(&conn, "content"), 1);
         // STRICT like the others: a pattern is text, a time an integer.
         let wrong_type = conn.execute(
             "INSERT INTO pins VALUES ('registry.k8s.io/pause:3.9', 'test', 'now')",
@@ -214,23 +217,13 @@ mod tests {
         .unwrap();
     }
 
-    fn count(conn: &Connection, table: &str) -> i64 {
-        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
-    }
-
     #[test]
     fn a_version_2_file_gets_content_in_digest_order_and_keeps_every_row_and_link() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.db");
         version_2_with_links(&path);
 
-        Index::open(&path).unwrap();
-        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
-        assert_eq!(
-            table_names(&path),
-            ["content", "pins", "repo_content", "tags"]
-        );
+        open_and_check_latest(&path);
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "foreign_keys", "ON").unwrap();
         let rows: Vec<(String, i64, Option<String>, i64, i64)> = conn
