@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use error::Error;
 pub use lru::{LruCursor, LruRow, TagLink};
-pub use ops::{Access, ListingRow, Summary};
+pub use ops::{Access, LISTING_CHUNKS_AHEAD, ListingRow, Summary};
 pub use pins::PinRow;
 pub use usage::RepoUsage;
 

@@ -3,8 +3,8 @@
 //! behind `regcache stats`, adopting orphan files and bulk inserts. Like the rest
 //! of `index` it answers questions and records facts; it never touches files.
 //!
-//! The listing and the totals are single statements on one read transaction, so a
-//! server writing at the same time never shows them a half-applied change.
+//! The listing and the totals each read in one read transaction, so a server
+//! writing at the same time never shows them a half-applied change.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -77,50 +77,34 @@ impl Index {
     /// Every piece of content per repository and tag: one row per (repository,
     /// tag) for tagged content, one per (repository, content) for the rest, one
     /// per unlinked content; sorted by upstream, repository, tag, digest.
+    /// Collects [`Index::listing_in_chunks`]: for tests and small indexes.
     pub async fn listing(&self) -> Result<Vec<ListingRow>, Error> {
-        self.read("listing", |conn| {
-            // Tags name content that is usually linked to their repository, but
-            // the schema does not require it: the second query lists tags whose
-            // target is not linked, the third content linked nowhere. Sorting
-            // 100 000 rows in Rust takes a fraction of what SQLite's ORDER BY over
-            // the union does (a temp b-tree of whole rows).
-            const LINKED: &str = "SELECT rc.upstream, rc.repo, t.tag, c.digest, c.size, \
-                c.media_type, c.last_access \
-                FROM repo_content rc JOIN content c ON c.digest = rc.digest \
-                LEFT JOIN tags t ON t.upstream = rc.upstream AND t.repo = rc.repo \
-                                AND t.digest = rc.digest";
-            const TAGGED_UNLINKED: &str = "SELECT t.upstream, t.repo, t.tag, c.digest, c.size, \
-                c.media_type, c.last_access \
-                FROM tags t JOIN content c ON c.digest = t.digest \
-                WHERE NOT EXISTS (SELECT 1 FROM repo_content rc WHERE rc.upstream = t.upstream \
-                                  AND rc.repo = t.repo AND rc.digest = t.digest)";
-            const NOWHERE: &str = "SELECT NULL, NULL, NULL, c.digest, c.size, c.media_type, \
-                c.last_access FROM content c \
-                WHERE NOT EXISTS (SELECT 1 FROM repo_content rc WHERE rc.digest = c.digest) \
-                  AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.digest = c.digest)";
-            let tx = conn.unchecked_transaction()?;
+        let (send, mut chunks) = tokio::sync::mpsc::channel(LISTING_CHUNKS_AHEAD);
+        let reading = self.listing_in_chunks(send);
+        let collecting = async {
             let mut rows = Vec::new();
-            for sql in [LINKED, TAGGED_UNLINKED, NOWHERE] {
-                let mut stmt = tx.prepare(sql)?;
-                let found = stmt.query_map([], |row| {
-                    Ok(ListingRow {
-                        upstream: row.get(0)?,
-                        repo: row.get(1)?,
-                        tag: row.get(2)?,
-                        digest: row.get(3)?,
-                        size: row.get(4)?,
-                        media_type: row.get(5)?,
-                        last_access: time_from_seconds(row, 6)?,
-                    })
-                })?;
-                for row in found {
-                    rows.push(row?);
-                }
+            while let Some(mut chunk) = chunks.recv().await {
+                rows.append(&mut chunk);
             }
-            // Unlinked content last, tagged rows before untagged ones.
-            rows.sort_by(listing_order);
-            tx.finish()?;
-            Ok(rows)
+            rows
+        };
+        let (read, rows) = tokio::join!(reading, collecting);
+        read.map(|()| rows)
+    }
+
+    /// The rows of [`Index::listing`], in its order, sent to `chunks` a
+    /// repository (or, for unlinked content, [`LISTING_CHUNK`] rows) at a time
+    /// from one read transaction: memory holds a chunk or a few, never the
+    /// whole index (a million rows gathered and sorted at once took 1 GiB in
+    /// `regcache ls`). Stops early, without an error, when the receiver is gone.
+    pub async fn listing_in_chunks(
+        &self,
+        chunks: tokio::sync::mpsc::Sender<Vec<ListingRow>>,
+    ) -> Result<(), Error> {
+        self.read("listing", move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            send_listing(&tx, &chunks)?;
+            tx.finish()
         })
         .await
     }
@@ -253,6 +237,90 @@ impl Index {
 
 /// Upstream, repository, tag, digest; unlinked content last and, within a
 /// repository, tagged rows before untagged ones.
+/// Chunks of [`Index::listing_in_chunks`] read ahead of the writer.
+pub const LISTING_CHUNKS_AHEAD: usize = 4;
+
+/// Rows of unlinked content per chunk of [`Index::listing_in_chunks`].
+const LISTING_CHUNK: usize = 4096;
+
+/// Every (upstream, repository) with linked content or tags, in listing order.
+const LISTED_REPOS: &str = "SELECT upstream, repo FROM repo_content \
+    UNION SELECT upstream, repo FROM tags ORDER BY 1, 2";
+
+/// A repository's content, with the tags of the repository that name it.
+const LINKED: &str = "SELECT rc.upstream, rc.repo, t.tag, c.digest, c.size, \
+    c.media_type, c.last_access \
+    FROM repo_content rc JOIN content c ON c.digest = rc.digest \
+    LEFT JOIN tags t ON t.upstream = rc.upstream AND t.repo = rc.repo \
+                    AND t.digest = rc.digest \
+    WHERE rc.upstream = ?1 AND rc.repo = ?2";
+
+/// A repository's tags whose content is not linked to it: the schema does not
+/// require the link.
+const TAGGED_UNLINKED: &str = "SELECT t.upstream, t.repo, t.tag, c.digest, c.size, \
+    c.media_type, c.last_access \
+    FROM tags t JOIN content c ON c.digest = t.digest \
+    WHERE t.upstream = ?1 AND t.repo = ?2 \
+      AND NOT EXISTS (SELECT 1 FROM repo_content rc WHERE rc.upstream = t.upstream \
+                      AND rc.repo = t.repo AND rc.digest = t.digest)";
+
+/// Content linked nowhere and named by no tag (adopted after a crash), in
+/// digest order (the table's own).
+const NOWHERE: &str = "SELECT NULL, NULL, NULL, c.digest, c.size, c.media_type, \
+    c.last_access FROM content c \
+    WHERE NOT EXISTS (SELECT 1 FROM repo_content rc WHERE rc.digest = c.digest) \
+      AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.digest = c.digest) \
+    ORDER BY c.digest";
+
+/// The body of [`Index::listing_in_chunks`], in its read transaction.
+fn send_listing(
+    tx: &rusqlite::Transaction<'_>,
+    chunks: &tokio::sync::mpsc::Sender<Vec<ListingRow>>,
+) -> rusqlite::Result<()> {
+    let mut repos = tx.prepare(LISTED_REPOS)?;
+    let repos = repos
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+    for (upstream, repo) in repos {
+        let mut rows = Vec::new();
+        for sql in [LINKED, TAGGED_UNLINKED] {
+            let mut stmt = tx.prepare_cached(sql)?;
+            for row in stmt.query_map(params![upstream, repo], listing_row)? {
+                rows.push(row?);
+            }
+        }
+        // Tagged rows before untagged ones, each in digest order.
+        rows.sort_by(listing_order);
+        if chunks.blocking_send(rows).is_err() {
+            return Ok(());
+        }
+    }
+    let mut stmt = tx.prepare(NOWHERE)?;
+    let mut rows = Vec::new();
+    for row in stmt.query_map([], listing_row)? {
+        rows.push(row?);
+        if rows.len() == LISTING_CHUNK && chunks.blocking_send(std::mem::take(&mut rows)).is_err() {
+            return Ok(());
+        }
+    }
+    if !rows.is_empty() {
+        let _ = chunks.blocking_send(rows);
+    }
+    Ok(())
+}
+
+fn listing_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListingRow> {
+    Ok(ListingRow {
+        upstream: row.get(0)?,
+        repo: row.get(1)?,
+        tag: row.get(2)?,
+        digest: row.get(3)?,
+        size: row.get(4)?,
+        media_type: row.get(5)?,
+        last_access: time_from_seconds(row, 6)?,
+    })
+}
+
 fn listing_order(a: &ListingRow, b: &ListingRow) -> std::cmp::Ordering {
     fn key(
         r: &ListingRow,
@@ -295,6 +363,54 @@ mod tests {
             size: content.len() as u64,
             media_type: manifest.then(|| crate::oci::media_type::OCI_MANIFEST.to_owned()),
         }
+    }
+
+    #[tokio::test]
+    async fn the_listing_comes_a_repository_or_a_bounded_chunk_at_a_time_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        // Two repositories (inserted in the reverse of their order) and more
+        // unlinked content than one chunk holds.
+        for name in ["b", "a"] {
+            let repo: RepoName = name.parse().unwrap();
+            let rows = (0..3u8).map(|n| row(&[name.as_bytes()[0], n], false));
+            index
+                .insert_contents(rows.collect(), UP, &repo)
+                .await
+                .unwrap();
+        }
+        let orphans: Vec<ContentRow> = (0..LISTING_CHUNK as u32 + 10)
+            .map(|n| row(&n.to_le_bytes(), false))
+            .collect();
+        index.adopt(orphans).await.unwrap();
+
+        let (send, mut chunks) = tokio::sync::mpsc::channel(LISTING_CHUNKS_AHEAD);
+        let reading = index.listing_in_chunks(send);
+        let collecting = async {
+            let mut sizes = Vec::new();
+            while let Some(chunk) = chunks.recv().await {
+                sizes.push(chunk.len());
+            }
+            sizes
+        };
+        let (read, sizes) = tokio::join!(reading, collecting);
+        read.unwrap();
+        assert_eq!(sizes, [3, 3, LISTING_CHUNK, 10]);
+
+        let listing = index.listing().await.unwrap();
+        let mut sorted = listing.clone();
+        sorted.sort_by(listing_order);
+        assert_eq!(listing, sorted, "already in listing order");
+        assert_eq!(listing[0].repo.as_deref(), Some("a"));
+        assert_eq!(listing.len(), 6 + LISTING_CHUNK + 10);
+
+        // A reader that goes away stops the listing, without an error.
+        let (send, mut chunks) = tokio::sync::mpsc::channel(1);
+        let reading = index.listing_in_chunks(send);
+        let first_only = async move { chunks.recv().await.map(|c| c.len()) };
+        let (read, first) = tokio::join!(reading, first_only);
+        read.unwrap();
+        assert_eq!(first, Some(3));
     }
 
     #[tokio::test]

@@ -6,12 +6,18 @@
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
-/// A table with a header row; columns are padded to their widest cell.
+/// A table with a header row; columns are padded to their widest cell. Rows
+/// are either kept ([`Table::push`], then [`Table::write`]) or streamed: a
+/// first pass [`Table::measure`]s every row, a second writes the header and
+/// each row as it comes ([`Table::write_header`], [`Table::write_row`]), so
+/// that a million rows are never all in memory.
 #[derive(Debug)]
 pub struct Table {
     headers: Vec<&'static str>,
     /// Right-aligned columns (numbers, sizes).
     right: Vec<bool>,
+    /// The widest cell of each column so far, headers included.
+    widths: Vec<usize>,
     rows: Vec<Vec<String>>,
 }
 
@@ -21,53 +27,67 @@ impl Table {
         Self {
             headers: columns.iter().map(|c| c.0).collect(),
             right: columns.iter().map(|c| c.1).collect(),
+            widths: columns.iter().map(|c| c.0.chars().count()).collect(),
             rows: Vec::new(),
         }
     }
 
     pub fn push(&mut self, row: Vec<String>) {
-        debug_assert_eq!(row.len(), self.headers.len());
+        self.measure(&row);
         self.rows.push(row);
+    }
+
+    /// Widens the columns to fit `row` without keeping it.
+    pub fn measure(&mut self, row: &[String]) {
+        debug_assert_eq!(row.len(), self.headers.len());
+        for (w, cell) in self.widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
 
-    /// Writes the header and every row, two spaces between columns, no trailing
-    /// spaces.
+    /// Writes the header and every row kept, two spaces between columns, no
+    /// trailing spaces.
     pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        self.write_header(out)?;
         for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let headers: Vec<String> = self.headers.iter().map(|h| (*h).to_owned()).collect();
-        let mut line = String::new();
-        for row in std::iter::once(&headers).chain(&self.rows) {
-            line.clear();
-            let last = row.len().saturating_sub(1);
-            for (i, cell) in row.iter().enumerate() {
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                if self.right[i] {
-                    line.extend(std::iter::repeat_n(' ', pad));
-                    line.push_str(cell);
-                } else {
-                    line.push_str(cell);
-                    if i != last {
-                        line.extend(std::iter::repeat_n(' ', pad));
-                    }
-                }
-            }
-            line.truncate(line.trim_end().len());
-            line.push('\n');
-            out.write_all(line.as_bytes())?;
+            self.write_row(row, out)?;
         }
         Ok(())
+    }
+
+    /// The header line, padded to the widths measured so far.
+    pub fn write_header(&self, out: &mut dyn Write) -> io::Result<()> {
+        let headers: Vec<String> = self.headers.iter().map(|h| (*h).to_owned()).collect();
+        self.write_row(&headers, out)
+    }
+
+    /// One line, padded to the widths measured so far (a wider cell than
+    /// those pushes the rest of its line to the right).
+    pub fn write_row(&self, row: &[String], out: &mut dyn Write) -> io::Result<()> {
+        let mut line = String::new();
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            let pad = self.widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if self.right[i] {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if i != last {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+        }
+        line.truncate(line.trim_end().len());
+        line.push('\n');
+        out.write_all(line.as_bytes())
     }
 }
 
