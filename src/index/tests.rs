@@ -99,6 +99,73 @@ async fn link_adds_a_repo_and_is_idempotent() {
 }
 
 #[tokio::test]
+async fn a_row_comes_with_whether_the_asking_repository_is_linked_to_it() {
+    let (_dir, index) = open();
+    let row = blob(b"layer");
+    index.insert_content(&row, UP, &repo("etcd")).await.unwrap();
+    let ask = |upstream: &'static str, name: &str, digest: &Digest| {
+        let index = index.clone();
+        let (name, digest) = (repo(name), digest.clone());
+        async move {
+            let found = index.content_in_repo_then(upstream, &name, &digest, |found| found);
+            found.await.unwrap()
+        }
+    };
+
+    assert_eq!(
+        ask(UP, "etcd", &row.digest).await,
+        Some((row.clone(), true))
+    );
+    assert_eq!(
+        ask(UP, "pause", &row.digest).await,
+        Some((row.clone(), false))
+    );
+    assert_eq!(
+        ask("docker.io", "etcd", &row.digest).await,
+        Some((row.clone(), false))
+    );
+    let unknown = Digest::sha256_of(b"never stored");
+    assert_eq!(ask(UP, "etcd", &unknown).await, None);
+    let plain = index
+        .content_then(&row.digest, |found| found)
+        .await
+        .unwrap();
+    assert_eq!(plain, Some(row));
+}
+
+#[tokio::test]
+async fn a_tag_comes_with_the_row_of_its_content() {
+    let (_dir, index) = open();
+    let row = manifest(b"v1");
+    let (app, latest) = (repo("app"), tag("latest"));
+    index.insert_content(&row, UP, &app).await.unwrap();
+    let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_001);
+    index
+        .set_tag(UP, &app, &latest, &row.digest, at)
+        .await
+        .unwrap();
+
+    let found = index
+        .tag_then(UP, &app, &latest, |found| found)
+        .await
+        .unwrap();
+    let want = TagRow {
+        digest: row.digest.clone(),
+        checked_at: at,
+    };
+    assert_eq!(found, Some((want, row.clone())));
+    let v2 = tag("v2");
+    let other_tag = index.tag_then(UP, &app, &v2, |found| found);
+    assert_eq!(other_tag.await.unwrap(), None);
+    let other_upstream = index.tag_then("docker.io", &app, &latest, |found| found);
+    assert_eq!(other_upstream.await.unwrap(), None);
+
+    index.remove_content(&row.digest).await.unwrap();
+    let gone = index.tag_then(UP, &app, &latest, |found| found);
+    assert_eq!(gone.await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn linking_or_tagging_unknown_content_is_unknown_content() {
     let (_dir, index) = open();
     let digest = Digest::sha256_of(b"never stored");

@@ -73,26 +73,17 @@ impl Registry {
         digest: &Digest,
         head: bool,
     ) -> Result<BlobReply, Error> {
-        if let Some(size) = self.local.blob_size(digest).await? {
-            let outcome = self.ensure_blob_linked(route, repo, digest).await?;
+        if let Some(committed) = self.local.blob(&route.key, repo, digest, !head).await? {
+            let outcome = self
+                .ensure_blob_linked(route, repo, digest, committed.linked)
+                .await?;
             self.local.touch(digest);
-            if head {
-                return Ok(reply(digest, Some(size), outcome, None));
-            }
-            // `None`: indexed but gone from disk (forgotten): fetch it again.
-            match self.local.read_blob(digest).await? {
-                Some(LocalBlob::Memory(bytes)) => {
-                    let len = bytes.len() as u64;
-                    let source = Some(Source::Memory(bytes));
-                    return Ok(reply(digest, Some(len), outcome, source));
-                }
-                Some(LocalBlob::File(reader)) => {
-                    let len = reader.size();
-                    let source = Some(Source::File(reader));
-                    return Ok(reply(digest, Some(len), outcome, source));
-                }
-                None => {}
-            }
+            let (size, source) = match committed.bytes {
+                None => (committed.size, None),
+                Some(LocalBlob::Memory(bytes)) => (bytes.len() as u64, Some(Source::Memory(bytes))),
+                Some(LocalBlob::File(reader)) => (reader.size(), Some(Source::File(reader))),
+            };
+            return Ok(reply(digest, Some(size), outcome, source));
         }
         if head {
             return self.head_cold_blob(route, repo, digest).await;
@@ -105,8 +96,9 @@ impl Registry {
         route: &Route,
         repo: &RepoName,
         digest: &Digest,
+        linked: bool,
     ) -> Result<Outcome, Error> {
-        self.ensure_linked(route, repo, digest, Error::BlobUnknown, || async {
+        self.ensure_linked(route, repo, digest, linked, Error::BlobUnknown, || async {
             route
                 .client
                 .blob(Method::HEAD, repo, digest, None)

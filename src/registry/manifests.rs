@@ -72,18 +72,26 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<(Arc<Manifest>, Outcome)>, Error> {
-        let Some(manifest) = self.local.manifest(digest).await? else {
+        let Some((manifest, linked)) = self.local.manifest_in(&route.key, repo, digest).await?
+        else {
             return Ok(None);
         };
         let outcome = self
-            .ensure_linked(route, repo, digest, Error::ManifestUnknown, || async {
-                let reference = Reference::Digest(digest.clone());
-                route
-                    .client
-                    .manifest(Method::HEAD, repo, &reference)
-                    .await
-                    .map(drop)
-            })
+            .ensure_linked(
+                route,
+                repo,
+                digest,
+                linked,
+                Error::ManifestUnknown,
+                || async {
+                    let reference = Reference::Digest(digest.clone());
+                    route
+                        .client
+                        .manifest(Method::HEAD, repo, &reference)
+                        .await
+                        .map(drop)
+                },
+            )
             .await?;
         Ok(Some((manifest, outcome)))
     }

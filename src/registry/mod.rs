@@ -124,7 +124,8 @@ impl Registry {
     }
 
     /// Makes sure `repo` of `route` may be served `digest`: it may when the content
-    /// was pulled for that repository (or confirmed before); otherwise the upstream
+    /// was pulled for that repository (or confirmed before: `linked`, as the local
+    /// side answered together with the content); otherwise the upstream
     /// must confirm the repository has it (`confirm` sends that HEAD). Cached bytes
     /// are never handed to a repository the upstream does not know them in.
     async fn ensure_linked<F, Fut>(
@@ -132,6 +133,7 @@ impl Registry {
         route: &Route,
         repo: &RepoName,
         digest: &Digest,
+        linked: bool,
         not_found: Error,
         confirm: F,
     ) -> Result<Outcome, Error>
@@ -139,7 +141,7 @@ impl Registry {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), crate::upstream::Error>>,
     {
-        if self.local.is_linked(&route.key, repo, digest).await? {
+        if linked {
             return Ok(Outcome::Hit);
         }
         confirm()

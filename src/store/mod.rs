@@ -35,7 +35,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
 
 pub use error::Error;
 pub use reconcile::{ReconcileReport, reconcile};
@@ -150,11 +149,22 @@ impl Store {
         digest: &Digest,
         head: u64,
     ) -> Result<Option<OpenBlob>, Error> {
-        let path = self.blob_path(digest);
-        let opening = path.clone();
-        tokio::task::spawn_blocking(move || OpenBlob::open(&opening, head))
+        let store = self.clone();
+        let digest = digest.clone();
+        let path = self.blob_path(&digest);
+        tokio::task::spawn_blocking(move || store.open_blob_blocking(&digest, head))
             .await
             .map_err(|e| Error::io("open", &path)(io::Error::other(e)))?
+    }
+
+    /// [`Store::open_blob_with_head`] on the calling thread: call it from
+    /// `spawn_blocking` (for instance after an index query on the same thread).
+    pub fn open_blob_blocking(
+        &self,
+        digest: &Digest,
+        head: u64,
+    ) -> Result<Option<OpenBlob>, Error> {
+        OpenBlob::open(&self.blob_path(digest), head)
     }
 
     /// Opens committed content for reading: `Some((file, length))`, or `None` if
@@ -197,11 +207,26 @@ impl Store {
 
     /// Reads a whole small file (a manifest), `None` if absent; an error if it is
     /// larger than `max` bytes, so a damaged store cannot make us buffer gigabytes.
+    /// One trip to the blocking pool.
     pub async fn read_small(&self, digest: &Digest, max: usize) -> Result<Option<Bytes>, Error> {
-        let Some((file, len)) = self.open_blob(digest).await? else {
-            return Ok(None);
-        };
+        let store = self.clone();
+        let digest = digest.clone();
+        let path = self.blob_path(&digest);
+        tokio::task::spawn_blocking(move || store.read_small_blocking(&digest, max))
+            .await
+            .map_err(|e| Error::io("read", &path)(io::Error::other(e)))?
+    }
+
+    /// [`Store::read_small`] on the calling thread: call it from `spawn_blocking`.
+    pub fn read_small_blocking(&self, digest: &Digest, max: usize) -> Result<Option<Bytes>, Error> {
+        use std::io::Read;
         let path = self.blob_path(digest);
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path)(e)),
+        };
+        let len = file.metadata().map_err(Error::io("stat", &path))?.len();
         let too_large = |size| Error::TooLarge {
             path: path.clone(),
             size,
@@ -213,7 +238,7 @@ impl Store {
         let mut buf = Vec::with_capacity(len as usize);
         // Read at most one byte past the limit: the file cannot grow (it was renamed
         // into place complete), but if it somehow did, we still stop.
-        let read = file.take(max as u64 + 1).read_to_end(&mut buf).await;
+        let read = file.take(max as u64 + 1).read_to_end(&mut buf);
         read.map_err(Error::io("read", &path))?;
         if buf.len() > max {
             return Err(too_large(buf.len() as u64));
@@ -323,6 +348,7 @@ fn sweep(tmp: &Path) -> Result<usize, Error> {
 mod tests {
     use super::*;
     use crate::oci::Algorithm;
+    use tokio::io::AsyncReadExt;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
