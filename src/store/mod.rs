@@ -97,7 +97,7 @@ impl Store {
         pace: &mut dyn FnMut(u64),
     ) -> Result<Option<Rehash>, Error> {
         let path = self.blob_path(digest);
-        let mut file = match fs::File::open(&path) {
+        let mut file = match open_committed(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("open", &path)(e)),
@@ -221,7 +221,7 @@ impl Store {
     pub fn read_small_blocking(&self, digest: &Digest, max: usize) -> Result<Option<Bytes>, Error> {
         use std::io::Read;
         let path = self.blob_path(digest);
-        let file = match fs::File::open(&path) {
+        let file = match open_committed(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("open", &path)(e)),
@@ -395,6 +395,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn serving_committed_content_never_updates_its_access_time() {
+        use std::os::unix::fs::MetadataExt;
+        let (_dir, store) = store();
+        let digest = Digest::sha256_of(b"content");
+        store.put_small(&digest, b"content").await.unwrap();
+        let path = store.blob_path(&digest);
+        // An access time older than the change time: `relatime` (the usual
+        // mount option) updates it on the next read, strict atime on any.
+        let long_ago = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 1_000_000,
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 2_000_000,
+                tv_nsec: 0,
+            },
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &path,
+            &long_ago,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+
+        let whole = store.open_blob_blocking(&digest, 1024).unwrap().unwrap();
+        assert_eq!(&whole.head[..], b"content");
+        let windowed = store.open_blob_blocking(&digest, 1).unwrap().unwrap();
+        let mut read = String::new();
+        std::io::Read::read_to_string(&mut &*windowed.file, &mut read).unwrap();
+        assert_eq!(read, "content");
+        let small = store.read_small_blocking(&digest, 1024).unwrap().unwrap();
+        assert_eq!(&small[..], b"content");
+        store.rehash_blocking(&digest).unwrap().unwrap();
+
+        assert_eq!(fs::metadata(&path).unwrap().atime(), 1_000_000);
+    }
+
+    #[tokio::test]
     async fn read_small_reads_whole_file_and_enforces_the_limit() {
         let (_dir, store) = store();
         let manifest = br#"{"schemaVersion":2}"#;
@@ -483,6 +523,22 @@ mod tests {
     }
 }
 
+/// Opens committed content for reading without updating its access time: a
+/// read must not write. With `relatime` the first read of a file after its
+/// commit dirtied its inode (a journal write per blob at a million blobs read
+/// once each, beside the reads); eviction keeps its own access times in the
+/// index. `O_NOATIME` is refused (EPERM) on a file another user owns: then a
+/// plain open.
+fn open_committed(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let no_atime = rustix::fs::OFlags::NOATIME.bits() as i32;
+    let mut options = fs::OpenOptions::new();
+    match options.read(true).custom_flags(no_atime).open(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => fs::File::open(path),
+        opened => opened,
+    }
+}
+
 /// A committed blob opened for reading, with its first bytes already at hand.
 #[derive(Debug)]
 pub struct OpenBlob {
@@ -499,7 +555,7 @@ impl OpenBlob {
     /// window if `head` is not 0.
     fn open(path: &Path, head: u64) -> Result<Option<Self>, Error> {
         use std::os::unix::fs::FileExt;
-        let file = match std::fs::File::open(path) {
+        let file = match open_committed(path) {
             Ok(file) => Arc::new(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("open", path)(e)),
